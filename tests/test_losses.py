@@ -1,0 +1,105 @@
+"""The DPO loss family against its formulas, computed by hand in float64."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from zephyr_lightning import dpo_loss
+
+
+def _logps(seed: int, n: int = 6):
+    g = torch.Generator().manual_seed(seed)
+    return [(-50 * torch.rand(n, generator=g, dtype=torch.float64) - 1).requires_grad_() for _ in range(4)]
+
+
+def _by_hand(pc, pr, rc, rr, beta, loss_type, eps):
+    """Scalar formulas with the math module, pair by pair."""
+    out = []
+    for i in range(len(pc)):
+        d = (pc[i] - rc[i]) - (pr[i] - rr[i])
+        if loss_type == "sigmoid":
+            log_sig = lambda x: -math.log1p(math.exp(-x))  # noqa: E731
+            out.append(-(1 - eps) * log_sig(beta * d) - eps * log_sig(-beta * d))
+        elif loss_type == "ipo":
+            out.append((d - 1 / (2 * beta)) ** 2)
+        else:
+            out.append(max(0.0, 1 - beta * d))
+    return out
+
+
+def _grad_by_hand(pc, pr, rc, rr, beta, loss_type, eps):
+    """d loss_i / d policy_chosen_logp_i (= - d loss_i / d policy_rejected_logp_i)."""
+    out = []
+    for i in range(len(pc)):
+        d = (pc[i] - rc[i]) - (pr[i] - rr[i])
+        sig = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
+        if loss_type == "sigmoid":
+            out.append(-(1 - eps) * beta * sig(-beta * d) + eps * beta * sig(beta * d))
+        elif loss_type == "ipo":
+            out.append(2 * (d - 1 / (2 * beta)))
+        else:
+            out.append(-beta if 1 - beta * d > 0 else 0.0)
+    return out
+
+
+@pytest.mark.parametrize(
+    "loss_type,beta,eps",
+    [("sigmoid", 0.1, 0.0), ("sigmoid", 0.5, 0.0), ("sigmoid", 0.1, 0.2), ("ipo", 0.1, 0.0), ("ipo", 0.5, 0.0),
+     ("hinge", 0.1, 0.0), ("hinge", 2.0, 0.0)],
+)
+def test_loss_and_gradient_match_formula(loss_type, beta, eps):
+    pc, pr, rc, rr = _logps(seed=len(loss_type) + int(100 * beta) + int(10 * eps))
+    losses, chosen_rewards, rejected_rewards = dpo_loss(pc, pr, rc, rr, beta=beta, loss_type=loss_type, label_smoothing=eps)
+    vals = [x.detach().tolist() for x in (pc, pr, rc, rr)]
+    expected = torch.tensor(_by_hand(*vals, beta, loss_type, eps), dtype=torch.float64)
+    torch.testing.assert_close(losses, expected, rtol=1e-12, atol=1e-12)
+
+    losses.sum().backward()
+    grad = torch.tensor(_grad_by_hand(*vals, beta, loss_type, eps), dtype=torch.float64)
+    torch.testing.assert_close(pc.grad, grad, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(pr.grad, -grad, rtol=1e-10, atol=1e-12)
+    assert rc.grad is None or torch.all(rc.grad == -pc.grad)  # reference enters with opposite sign
+
+
+def test_rewards_are_beta_times_log_ratio_and_detached():
+    pc, pr, rc, rr = _logps(seed=3)
+    _, chosen_rewards, rejected_rewards = dpo_loss(pc, pr, rc, rr, beta=0.25)
+    torch.testing.assert_close(chosen_rewards, 0.25 * (pc - rc).detach())
+    torch.testing.assert_close(rejected_rewards, 0.25 * (pr - rr).detach())
+    assert not chosen_rewards.requires_grad and not rejected_rewards.requires_grad
+
+
+def test_policy_equal_to_reference_gives_ln2_and_zero_rewards():
+    logps = -torch.rand(5, dtype=torch.float64) * 30
+    other = -torch.rand(5, dtype=torch.float64) * 30
+    losses, rc, rr = dpo_loss(logps, other, logps.clone(), other.clone(), beta=0.1)
+    assert torch.all(losses == math.log(2))
+    assert torch.all(rc == 0) and torch.all(rr == 0)
+    assert (rc > rr).float().mean() == 0  # accuracy counts strict wins
+
+
+def test_reference_free_uses_zero_reference():
+    pc, pr, rc, rr = _logps(seed=5)
+    free, fc, fr = dpo_loss(pc, pr, rc, rr, beta=0.1, reference_free=True)
+    zeros = torch.zeros_like(rc)
+    expected, ec, er = dpo_loss(pc, pr, zeros, zeros, beta=0.1)
+    torch.testing.assert_close(free, expected)
+    torch.testing.assert_close(fc, 0.1 * pc.detach())
+    torch.testing.assert_close(fr, 0.1 * pr.detach())
+
+
+def test_unknown_loss_type_names_valid_ones():
+    pc, pr, rc, rr = _logps(seed=1)
+    with pytest.raises(ValueError, match="sigmoid, ipo, hinge"):
+        dpo_loss(pc, pr, rc, rr, beta=0.1, loss_type="kto")
+
+
+@pytest.mark.parametrize("kwargs,match", [({"beta": 0.0}, "beta"), ({"beta": 0.1, "label_smoothing": 0.6}, "label_smoothing"),
+                                          ({"beta": 0.1, "loss_type": "ipo", "label_smoothing": 0.1}, "sigmoid")])
+def test_bad_arguments_are_rejected(kwargs, match):
+    pc, pr, rc, rr = _logps(seed=2)
+    with pytest.raises(ValueError, match=match):
+        dpo_loss(pc, pr, rc, rr, **kwargs)

@@ -1,0 +1,53 @@
+"""Turn tokenized rows into model batches."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+def pad_rows(rows: list[list[int]], pad_value: int, multiple_of: int | None = None) -> Tensor:
+    """Right-pad lists of ints into a [len(rows), T] tensor."""
+    length = max(len(r) for r in rows)
+    if multiple_of:
+        length = -(-length // multiple_of) * multiple_of
+    out = torch.full((len(rows), length), pad_value, dtype=torch.long)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = torch.as_tensor(row, dtype=torch.long)
+    return out
+
+
+class PreferenceCollator:
+    """Pairs -> one padded batch holding all chosen rows, then all rejected rows.
+
+    Both halves share one padding length, so the policy (and the reference) score chosen and rejected
+    in a single forward pass. ``loss_mask`` marks the completion tokens.
+
+    Output: ``input_ids``, ``attention_mask``, ``loss_mask`` ([2B, T]); ``prompt_id`` (list of B);
+    and ``reference_chosen_logps`` / ``reference_rejected_logps`` ([B]) when the rows carry them.
+    """
+
+    def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None) -> None:
+        self.pad_token_id = pad_token_id
+        self.pad_to_multiple_of = pad_to_multiple_of
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        sequences, masks = [], []
+        for side in ("chosen", "rejected"):
+            for row in rows:
+                prompt, completion = row["prompt_input_ids"], row[f"{side}_input_ids"]
+                sequences.append(list(prompt) + list(completion))
+                masks.append([0] * len(prompt) + [1] * len(completion))
+        batch: dict[str, Any] = {
+            "input_ids": pad_rows(sequences, self.pad_token_id, self.pad_to_multiple_of),
+            "attention_mask": pad_rows([[1] * len(s) for s in sequences], 0, self.pad_to_multiple_of),
+            "loss_mask": pad_rows(masks, 0, self.pad_to_multiple_of),
+            "prompt_id": [row["prompt_id"] for row in rows],
+        }
+        for side in ("chosen", "rejected"):
+            key = f"reference_{side}_logps"
+            if key in rows[0]:
+                batch[key] = torch.tensor([row[key] for row in rows], dtype=torch.float32)
+        return batch

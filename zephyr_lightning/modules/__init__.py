@@ -1,0 +1,6 @@
+"""LightningModules: a shared base (model loading, optimizer, schedule) and one module per stage."""
+
+from zephyr_lightning.modules.base import CausalLMModule
+from zephyr_lightning.modules.dpo import DPOModule
+
+__all__ = ["CausalLMModule", "DPOModule"]

@@ -1,0 +1,61 @@
+"""What SFT and DPO share: loading the trained model, optimizer and schedule, hyper-parameters."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+import lightning as L
+from transformers import PreTrainedModel
+
+from zephyr_lightning.models import ModelSpec, as_spec
+from zephyr_lightning.optim import OptimizerConfig, build_optimizer
+
+
+def as_optimizer_config(optim: OptimizerConfig | dict[str, Any] | None) -> OptimizerConfig:
+    if optim is None:
+        return OptimizerConfig()
+    if isinstance(optim, OptimizerConfig):
+        return optim
+    return OptimizerConfig(**dict(optim))
+
+
+class CausalLMModule(L.LightningModule):
+    """Base LightningModule owning one trainable causal LM (``self.model``).
+
+    The model is given as a `ModelSpec`, a name/path, or a ready ``transformers`` model. A spec or name
+    is loaded in `configure_model`, inside the strategy's initialisation context, so FSDP and
+    DeepSpeed can shard it as it is created. Hyper-parameters are saved as plain data (no pickled
+    classes), so checkpoints load with ``weights_only=True``; ``model_arg`` is the name the subclass
+    gives the model argument (DPO calls it ``policy``).
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel | ModelSpec | str | dict[str, Any],
+        optim: OptimizerConfig | dict[str, Any] | None = None,
+        *,
+        model_arg: str = "model",
+        **hparams: Any,
+    ) -> None:
+        super().__init__()
+        self.optim = as_optimizer_config(optim)
+        if isinstance(model, PreTrainedModel):
+            self.model_spec: ModelSpec | None = None
+            # from_pretrained hands back eval mode; Lightning does not switch it on for us.
+            self.model: PreTrainedModel | None = model.train()
+            model_hparam: Any = getattr(model, "name_or_path", None) or type(model).__name__
+        else:
+            self.model_spec = as_spec(model)
+            self.model = None
+            model_hparam = self.model_spec.to_dict()
+        # Saved under the subclass's own argument name, so load_from_checkpoint can call it back.
+        self.save_hyperparameters({model_arg: model_hparam, "optim": asdict(self.optim), **hparams})
+
+    def configure_model(self) -> None:
+        # Lightning may call this more than once (fit, then validate/test): build only once.
+        if self.model is None:
+            self.model = self.model_spec.load_model()
+
+    def configure_optimizers(self) -> dict:
+        return build_optimizer(self.model.named_parameters(), self.optim, self.trainer.estimated_stepping_batches)
