@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -85,6 +86,9 @@ def test_loggers(logger, tmp_path):
     train(cfg)
     if logger == "csv":
         assert list(Path(tmp_path).glob("csv/**/metrics.csv"))
+        # SampleGeneration: one line per fixed prompt at the validation, with its step.
+        samples = [json.loads(line) for f in Path(tmp_path).glob("**/samples.jsonl") for line in open(f)]
+        assert len(samples) == 3 and all(s["step"] == 2 and s["prompt"] for s in samples)
     if logger == "tensorboard":
         assert list(Path(tmp_path).glob("tensorboard/**/events.out.tfevents.*"))
 
