@@ -1,0 +1,197 @@
+"""What the SFT and preference DataModules share: loading splits, tokenizing rows with `datasets.map`
+(cached, optionally in parallel), counting and skipping bad or over-long rows, and the loaders."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from typing import Any
+
+import datasets
+import lightning as L
+from torch.utils.data import DataLoader
+from transformers import PreTrainedTokenizerBase
+
+from zephyr_lightning.data.chat import BadRowError
+from zephyr_lightning.data.sources import load_split
+from zephyr_lightning.models import ModelSpec, load_tokenizer
+
+log = logging.getLogger(__name__)
+
+ON_TOO_LONG = ("truncate", "drop")
+ON_BAD_ROW = ("error", "skip")
+KEPT = ("ok", "truncated")
+
+
+def row_label(source: str, split: str, row: dict[str, Any], index: int) -> str:
+    """How errors name a row: its prompt_id when it has one, else its index in the split."""
+    pid = row.get("prompt_id")
+    return f"{source} [{split}] prompt_id={pid}" if pid else f"{source} [{split}] row {index}"
+
+
+class RowTokenizer:
+    """Base of the ``datasets.map`` functions: turns a batch of rows into token columns plus a
+    ``status`` column (``ok``, ``truncated``, ``dropped: ...`` or ``bad: ...``).
+
+    A class rather than a closure so that ``datasets`` can hash it for its cache and pickle it for
+    ``num_proc`` workers. Subclasses set ``columns`` and implement `tokenize_row`.
+    """
+
+    columns: tuple[str, ...] = ()
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, *, source: str, split: str, on_bad_row: str) -> None:
+        self.tokenizer = tokenizer
+        self.source = source
+        self.split = split
+        self.on_bad_row = on_bad_row
+
+    def tokenize_row(self, row: dict[str, Any], where: str) -> tuple[dict[str, Any], str]:
+        raise NotImplementedError
+
+    def placeholder(self, row: dict[str, Any]) -> dict[str, Any]:
+        """Column values for a row that is skipped (filtered out after counting)."""
+        return {column: [] for column in self.columns}
+
+    def __call__(self, batch: dict[str, list], indices: list[int]) -> dict[str, list]:
+        out: dict[str, list] = {column: [] for column in (*self.columns, "status")}
+        for values, index in zip(zip(*batch.values()), indices):
+            row = dict(zip(batch, values))
+            where = row_label(self.source, self.split, row, index)
+            try:
+                values_out, status = self.tokenize_row(row, where)
+            except BadRowError as err:
+                if self.on_bad_row == "error":
+                    raise
+                values_out, status = self.placeholder(row), f"bad: {str(err).split(': ', 1)[-1]}"
+            for column in self.columns:
+                out[column].append(values_out[column])
+            out["status"].append(status)
+        return out
+
+
+class ChatDataModule(L.LightningDataModule):
+    """Base DataModule: a tokenizer, named splits of a source, and `RowTokenizer`-made token columns.
+
+    Subclasses implement `row_tokenizer` and set ``self.collator``.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        tokenizer: PreTrainedTokenizerBase | ModelSpec | str,
+        *,
+        train_split: str,
+        val_split: str | None,
+        on_too_long: str = "truncate",
+        on_bad_row: str = "error",
+        batch_size: int = 8,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        num_proc: int | None = None,
+        max_train_samples: int | None = None,
+        max_val_samples: int | None = None,
+        name: str | None = None,
+        cache_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        if on_too_long not in ON_TOO_LONG:
+            raise ValueError(f"data.on_too_long={on_too_long!r} is not one of {list(ON_TOO_LONG)}")
+        if on_bad_row not in ON_BAD_ROW:
+            raise ValueError(f"data.on_bad_row={on_bad_row!r} is not one of {list(ON_BAD_ROW)}")
+        if batch_size < 1:
+            raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
+        self.path = path
+        self.tokenizer = tokenizer if isinstance(tokenizer, PreTrainedTokenizerBase) else load_tokenizer(tokenizer)
+        self.splits = {"train": train_split, "val": val_split}
+        self.on_too_long = on_too_long
+        self.on_bad_row = on_bad_row
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.num_proc = num_proc
+        self.max_samples = {"train": max_train_samples, "val": max_val_samples}
+        self.name = name
+        self.cache_dir = cache_dir
+        self.collator: Any = None
+        self.datasets: dict[str, datasets.Dataset] = {}
+        # Per split: how many rows were kept, truncated, dropped or skipped (and why).
+        self.stats: dict[str, Counter] = {}
+
+    def row_tokenizer(self, split: str) -> RowTokenizer:
+        raise NotImplementedError
+
+    def describe_limits(self) -> str:
+        """The length settings, for the log line about kept and dropped rows."""
+        return ""
+
+    def _tokenized(self, stage: str) -> datasets.Dataset | None:
+        split = self.splits[stage]
+        if split is None:
+            return None
+        raw = load_split(self.path, split, name=self.name, cache_dir=self.cache_dir)
+        if self.max_samples[stage] is not None:
+            raw = raw.select(range(min(self.max_samples[stage], len(raw))))
+        return raw.map(
+            self.row_tokenizer(split),
+            batched=True,
+            with_indices=True,
+            remove_columns=raw.column_names,
+            num_proc=self.num_proc,
+            desc=f"tokenizing {split}",
+        )
+
+    def prepare_data(self) -> None:
+        # Runs on one process per node: fills the datasets cache that setup() then reads on every rank.
+        for stage in ("train", "val"):
+            self._tokenized(stage)
+
+    def setup(self, stage: str | None = None) -> None:
+        for key in ("train", "val"):
+            if key in self.datasets:
+                continue
+            data = self._tokenized(key)
+            if data is None:
+                continue
+            statuses = Counter(data["status"])
+            self.stats[key] = statuses
+            kept = data.filter(lambda s: s in KEPT, input_columns="status")
+            if len(kept) == 0:
+                raise ValueError(f"{self.path} [{self.splits[key]}]: no usable rows ({dict(statuses)})")
+            self.datasets[key] = kept.remove_columns("status")
+            self._log_stats(key, statuses)
+        self.after_setup()
+
+    def after_setup(self) -> None:
+        """Hook for work on the tokenized splits (e.g. packing)."""
+
+    def _log_stats(self, key: str, statuses: Counter) -> None:
+        total = sum(statuses.values())
+        summary = ", ".join(f"{n} {status}" for status, n in statuses.most_common() if status != "ok")
+        limits = self.describe_limits()
+        log.info(
+            "%s [%s]: %d of %d rows used%s%s",
+            self.path,
+            self.splits[key],
+            sum(statuses[s] for s in KEPT),
+            total,
+            f"; {summary}" if summary else "",
+            f" ({limits})" if limits else "",
+        )
+
+    def _loader(self, dataset: Any, batch_size: int, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            collate_fn=self.collator,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.datasets["train"], self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        if "val" not in self.datasets:
+            return []
+        return self._loader(self.datasets["val"], self.eval_batch_size, shuffle=False)
