@@ -87,7 +87,7 @@ def test_loggers(logger, tmp_path):
     if logger == "csv":
         assert list(Path(tmp_path).glob("csv/**/metrics.csv"))
         # SampleGeneration: one line per fixed prompt at the validation, with its step.
-        samples = [json.loads(line) for f in Path(tmp_path).glob("**/samples.jsonl") for line in open(f)]
+        samples = [json.loads(line) for f in Path(tmp_path).glob("**/samples.jsonl") for line in f.read_text().splitlines()]
         assert len(samples) == 3 and all(s["step"] == 2 and s["prompt"] for s in samples)
     if logger == "tensorboard":
         assert list(Path(tmp_path).glob("tensorboard/**/events.out.tfevents.*"))

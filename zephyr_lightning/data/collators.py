@@ -7,6 +7,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from zephyr_lightning.data.packing import packed_batch
+
 
 def pad_rows(rows: list[list[int]], pad_value: int, multiple_of: int | None = None) -> Tensor:
     """Right-pad lists of ints into a [len(rows), T] tensor."""
@@ -45,9 +47,50 @@ class PreferenceCollator:
             "attention_mask": pad_rows([[1] * len(s) for s in sequences], 0, self.pad_to_multiple_of),
             "loss_mask": pad_rows(masks, 0, self.pad_to_multiple_of),
             "prompt_id": [row["prompt_id"] for row in rows],
+            "num_tokens": sum(len(s) for s in sequences),
         }
         for side in ("chosen", "rejected"):
             key = f"reference_{side}_logps"
             if key in rows[0]:
                 batch[key] = torch.tensor([row[key] for row in rows], dtype=torch.float32)
+        return batch
+
+
+class SFTCollator:
+    """Dialogues -> a batch. Padded: one dialogue per row with an ``attention_mask``. Packed (each item
+    is a list of dialogues): one row per item, ``position_ids`` restarting per dialogue and no
+    attention mask (see `zephyr_lightning.data.packing`).
+
+    Output: ``input_ids``, ``loss_mask``, and ``attention_mask`` or ``position_ids`` +
+    ``sequence_index``; ``prompt_id`` (every dialogue, in order), ``num_tokens`` (real tokens).
+    """
+
+    def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None) -> None:
+        self.pad_token_id = pad_token_id
+        self.pad_to_multiple_of = pad_to_multiple_of
+
+    def __call__(self, items: list[Any]) -> dict[str, Any]:
+        if items and isinstance(items[0], list):
+            return self.packed(items)
+        sequences = [row["input_ids"] for row in items]
+        return {
+            "input_ids": pad_rows(sequences, self.pad_token_id, self.pad_to_multiple_of),
+            "attention_mask": pad_rows([[1] * len(s) for s in sequences], 0, self.pad_to_multiple_of),
+            "loss_mask": pad_rows([row["loss_mask"] for row in items], 0, self.pad_to_multiple_of),
+            "prompt_id": [row["prompt_id"] for row in items],
+            "num_tokens": sum(len(s) for s in sequences),
+        }
+
+    def packed(self, bins: list[list[dict[str, Any]]]) -> dict[str, Any]:
+        rows, prompt_ids, slot = [], [], 0
+        for dialogues in bins:
+            row = []
+            for dialogue in dialogues:
+                row.append((dialogue["input_ids"], dialogue["loss_mask"], slot))
+                prompt_ids.append(dialogue["prompt_id"])
+                slot += 1
+            rows.append(row)
+        batch: dict[str, Any] = packed_batch(rows, self.pad_token_id, self.pad_to_multiple_of)
+        batch["prompt_id"] = prompt_ids
+        batch["num_tokens"] = sum(len(d["input_ids"]) for dialogues in bins for d in dialogues)
         return batch

@@ -2,5 +2,6 @@
 
 from zephyr_lightning.modules.base import CausalLMModule
 from zephyr_lightning.modules.dpo import DPOModule
+from zephyr_lightning.modules.sft import SFTModule
 
-__all__ = ["CausalLMModule", "DPOModule"]
+__all__ = ["CausalLMModule", "DPOModule", "SFTModule"]

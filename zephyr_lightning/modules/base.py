@@ -44,11 +44,13 @@ class CausalLMModule(L.LightningModule):
             self.model_spec: ModelSpec | None = None
             # from_pretrained hands back eval mode; Lightning does not switch it on for us.
             self.model: PreTrainedModel | None = model.train()
+            self.parameter_count(model)
             model_hparam: Any = getattr(model, "name_or_path", None) or type(model).__name__
         else:
             self.model_spec = as_spec(model)
             self.model = None
             model_hparam = self.model_spec.to_dict()
+        self.flops_per_batch: float | None = None  # read by Lightning's ThroughputMonitor
         # Saved under the subclass's own argument name, so load_from_checkpoint can call it back.
         self.save_hyperparameters({model_arg: model_hparam, "optim": asdict(self.optim), **hparams})
 
@@ -56,6 +58,28 @@ class CausalLMModule(L.LightningModule):
         # Lightning may call this more than once (fit, then validate/test): build only once.
         if self.model is None:
             self.model = self.model_spec.load_model()
+            self.parameter_count(self.model)
+
+    @staticmethod
+    def parameter_count(model: PreTrainedModel | None) -> int:
+        # Cached on the model: under FSDP the live parameters are shards, so count before wrapping.
+        if model is None:
+            return 0
+        if not hasattr(model, "_zephyr_parameter_count"):
+            model._zephyr_parameter_count = sum(p.numel() for p in model.parameters())
+        return model._zephyr_parameter_count
+
+    def batch_flops(self, batch: dict[str, Any], training: bool) -> float:
+        """Model FLOPs of a batch: 6 x params per trained token (forward + backward), 2 x params per
+        token evaluated only. Attention is not counted (the usual MFU convention)."""
+        tokens = batch.get("num_tokens") or int(batch["input_ids"].numel())
+        return (6 if training else 2) * self.parameter_count(self.model) * tokens
+
+    def on_train_batch_start(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self.flops_per_batch = self.batch_flops(batch, training=True)
+
+    def on_validation_batch_start(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self.flops_per_batch = self.batch_flops(batch, training=False)
 
     def configure_optimizers(self) -> dict:
         return build_optimizer(self.model.named_parameters(), self.optim, self.trainer.estimated_stepping_batches)

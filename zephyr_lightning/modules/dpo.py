@@ -119,6 +119,7 @@ class DPOModule(CausalLMModule):
         return self.model
 
     def _set_reference(self, model: PreTrainedModel) -> None:
+        self.parameter_count(model)
         model.requires_grad_(False)
         model.eval()
         self.reference = model
@@ -135,6 +136,12 @@ class DPOModule(CausalLMModule):
         if self.reference is not None:
             self.reference.eval()
         return self
+
+    def batch_flops(self, batch: dict[str, Any], training: bool) -> float:
+        # The live reference adds one forward pass (2 x its params per token).
+        tokens = batch.get("num_tokens") or int(batch["input_ids"].numel())
+        reference = 0 if "reference_chosen_logps" in batch else 2 * self.parameter_count(self.reference) * tokens
+        return super().batch_flops(batch, training) + reference
 
     def on_fit_start(self) -> None:
         # Lightning warns about every module in eval mode at the start of training; the reference is

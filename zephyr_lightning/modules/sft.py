@@ -1,0 +1,72 @@
+"""dSFT: supervised fine-tuning on dialogues, loss on the assistant's tokens."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor
+from transformers import PreTrainedModel
+
+from zephyr_lightning.logprobs import token_logprobs
+from zephyr_lightning.metrics import TokenNLL, TokenPerplexity
+from zephyr_lightning.models import ModelSpec
+from zephyr_lightning.modules.base import CausalLMModule
+from zephyr_lightning.optim import OptimizerConfig
+
+
+class SFTModule(CausalLMModule):
+    """Causal-LM fine-tuning as in Zephyr's dSFT stage (paper: lr 2e-5, cosine, 10% warmup).
+
+    Args:
+        model: a `ModelSpec`, a hub name or local folder, or a ``transformers`` causal LM.
+        optim: optimizer and schedule.
+
+    The loss is the mean negative log-likelihood of the tokens the batch's ``loss_mask`` marks
+    (assistant tokens, or all tokens; see `SFTDataModule`), averaged over tokens, not sequences.
+    Padded and packed batches give the same loss. Logs ``train/loss`` (per step), ``train/loss_epoch``,
+    ``val/loss`` and ``val/perplexity`` (token-weighted over the whole epoch and all devices).
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel | ModelSpec | str | dict[str, Any],
+        optim: OptimizerConfig | dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(model, optim)
+        self.train_nll = TokenNLL()
+        self.val_nll = TokenNLL()
+        self.val_perplexity = TokenPerplexity()
+
+    def scored_logprobs(self, batch: dict[str, Any]) -> Tensor:
+        logps, _ = token_logprobs(
+            self.model,
+            batch["input_ids"],
+            batch["loss_mask"],
+            attention_mask=batch.get("attention_mask"),
+            position_ids=batch.get("position_ids"),
+            sequence_index=batch.get("sequence_index"),
+        )
+        return logps
+
+    @staticmethod
+    def mean_nll(logps: Tensor) -> Tensor:
+        # A batch with no scored token contributes 0 (with a graph), not NaN.
+        return -logps.sum() / max(logps.numel(), 1)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        logps = self.scored_logprobs(batch)
+        loss = self.mean_nll(logps)
+        self.train_nll.update(logps)
+        sequences = len(batch["prompt_id"])
+        self.log("train/loss", loss.detach(), on_step=True, on_epoch=False, prog_bar=True, batch_size=sequences)
+        self.log("train/loss_epoch", self.train_nll, on_step=False, on_epoch=True, batch_size=sequences)
+        self.log("train/scored_tokens", float(logps.numel()), on_step=True, on_epoch=False, batch_size=sequences)
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        logps = self.scored_logprobs(batch)
+        self.val_nll.update(logps)
+        self.val_perplexity.update(logps)
+        sequences = len(batch["prompt_id"])
+        self.log("val/loss", self.val_nll, on_step=False, on_epoch=True, prog_bar=True, batch_size=sequences)
+        self.log("val/perplexity", self.val_perplexity, on_step=False, on_epoch=True, batch_size=sequences)
