@@ -25,6 +25,8 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from zephyr_lightning import attention
+
 log = logging.getLogger(__name__)
 
 BUILTIN_PREFIX = "builtin:"
@@ -73,7 +75,7 @@ _DTYPES = {
     "float16": torch.float16,
     "fp16": torch.float16,
 }
-ATTN_IMPLEMENTATIONS = ("auto", "sdpa", "eager", "flash_attention_2", "flex_attention")
+ATTN_IMPLEMENTATIONS = ("auto", "sdpa", "eager", "flash_attention_2", "flex_attention", "varlen")
 
 
 def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
@@ -95,22 +97,35 @@ def _log_attention_choice(message: str) -> None:
 
 
 def resolve_attn_implementation(requested: str, on_cuda: bool | None = None) -> str:
-    """Pick the attention kernel. ``auto`` means FlashAttention-2 when flash-attn is installed and the
-    model will run on CUDA, otherwise PyTorch's ``sdpa``; the choice is logged once."""
+    """Pick the attention kernel and log the choice once.
+
+    ``auto``: FlashAttention-2 when flash-attn is installed and CUDA is available; else, on CUDA,
+    PyTorch's own varlen FlashAttention kernel (``varlen``, torch >= 2.10), which packed batches need to
+    avoid dense masks; else ``sdpa``. ``varlen`` is registered with transformers when chosen.
+    """
     if requested not in ATTN_IMPLEMENTATIONS:
         raise ValueError(
             f"model.attn_implementation={requested!r} is not one of {list(ATTN_IMPLEMENTATIONS)}"
         )
-    if requested != "auto":
-        return requested
     on_cuda = torch.cuda.is_available() if on_cuda is None else on_cuda
-    has_flash = importlib.util.find_spec("flash_attn") is not None
-    if on_cuda and has_flash:
-        _log_attention_choice("attention: flash_attention_2 (flash-attn installed, CUDA available)")
-        return "flash_attention_2"
-    reason = "no CUDA device" if not on_cuda else "flash-attn not installed (pip install -e '.[gpu]')"
-    _log_attention_choice(f"attention: sdpa ({reason})")
-    return "sdpa"
+    if requested == "auto":
+        if on_cuda and importlib.util.find_spec("flash_attn") is not None:
+            _log_attention_choice("attention: flash_attention_2 (flash-attn installed, CUDA available)")
+            return "flash_attention_2"
+        if on_cuda and attention.torch_varlen_available() and attention.register():
+            _log_attention_choice(
+                "attention: varlen (torch's FlashAttention varlen kernel; flash-attn not installed: pip install -e '.[gpu]')"
+            )
+            return attention.NAME
+        reason = "no CUDA device" if not on_cuda else "flash-attn not installed (pip install -e '.[gpu]')"
+        _log_attention_choice(f"attention: sdpa ({reason})")
+        return "sdpa"
+    if requested == attention.NAME:
+        if on_cuda and not attention.torch_varlen_available():
+            raise ValueError("model.attn_implementation=varlen needs torch >= 2.10 (torch.nn.attention.varlen)")
+        if not attention.register():
+            raise ValueError("model.attn_implementation=varlen needs a transformers with AttentionInterface (>= 4.54)")
+    return requested
 
 
 @dataclass
@@ -203,7 +218,10 @@ def load_causal_lm(spec: ModelSpec | str) -> PreTrainedModel:
     attn = resolve_attn_implementation(spec.attn_implementation)
     if spec.is_builtin:
         model = build_tiny_mistral(spec.seed, **spec.config_overrides)
-        model.config._attn_implementation = attn
+        if hasattr(model, "set_attn_implementation"):
+            model.set_attn_implementation(attn)
+        else:
+            model.config._attn_implementation = attn
         if dtype is not None:
             model = model.to(dtype)
     else:
