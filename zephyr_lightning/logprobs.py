@@ -81,6 +81,9 @@ def _plain_linear_head(model: PreTrainedModel) -> nn.Linear | None:
     config = model.config
     if not isinstance(head, nn.Linear) or head.bias is not None:
         return None
+    if hasattr(head.weight, "ds_id"):
+        # DeepSpeed ZeRO-3: the weight is only gathered inside the head's own forward.
+        return None
     if any(getattr(config, name, None) for name in ("final_logit_softcapping", "logit_scale", "logits_scaling")):
         return None
     return head
@@ -98,6 +101,14 @@ def _shifted_targets(input_ids: Tensor, loss_mask: Tensor, sequence_index: Tenso
     return rows, cols, labels, slots
 
 
+BATCH_KEYS = ("attention_mask", "position_ids", "sequence_index", "cu_seq_lens", "max_length")
+
+
+def batch_inputs(batch: dict) -> dict:
+    """The optional model-input fields of a collated batch, as keyword arguments for the functions below."""
+    return {key: batch[key] for key in BATCH_KEYS if batch.get(key) is not None}
+
+
 def token_logprobs(
     model: PreTrainedModel,
     input_ids: Tensor,
@@ -105,6 +116,8 @@ def token_logprobs(
     attention_mask: Tensor | None = None,
     position_ids: Tensor | None = None,
     sequence_index: Tensor | None = None,
+    cu_seq_lens: Tensor | None = None,
+    max_length: int | None = None,
     chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
 ) -> tuple[Tensor, Tensor]:
     """Log-probs (float32) of the scored tokens, and the output slot each belongs to.
@@ -112,10 +125,16 @@ def token_logprobs(
     ``loss_mask[b, t] = 1`` scores token ``input_ids[b, t]`` given the tokens before it. The first
     token of a row (or of each packed sequence) has no predictor and must not be scored.
     ``sequence_index[b, t]`` names the sequence a token belongs to (packed rows); by default the row.
+    Packed rows pass ``position_ids`` (restarting per sequence) and no attention mask;
+    ``cu_seq_lens``/``max_length`` (sequence boundaries over all tokens of the batch) spare varlen
+    attention kernels from deriving them on the device.
     """
     rows, cols, labels, slots = _shifted_targets(input_ids, loss_mask, sequence_index)
     head = _plain_linear_head(model)
     kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+    if cu_seq_lens is not None:
+        # The names transformers' flash/varlen attention paths read; other attention paths ignore them.
+        kwargs.update(cu_seq_lens_q=cu_seq_lens, cu_seq_lens_k=cu_seq_lens, max_length_q=max_length, max_length_k=max_length)
     if head is not None:
         hidden = model.base_model(**kwargs).last_hidden_state
         selected = hidden[rows, cols]
@@ -140,6 +159,8 @@ def sequence_logprobs(
     position_ids: Tensor | None = None,
     sequence_index: Tensor | None = None,
     num_sequences: int | None = None,
+    cu_seq_lens: Tensor | None = None,
+    max_length: int | None = None,
     chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
 ) -> tuple[Tensor, Tensor]:
     """Summed log-probs of the scored tokens of each sequence, and their token counts (both float32).
@@ -147,7 +168,7 @@ def sequence_logprobs(
     Padded batches: one sequence per row. Packed batches: pass ``sequence_index`` and ``num_sequences``.
     """
     token_lp, slots = token_logprobs(
-        model, input_ids, loss_mask, attention_mask, position_ids, sequence_index, chunk_elements
+        model, input_ids, loss_mask, attention_mask, position_ids, sequence_index, cu_seq_lens, max_length, chunk_elements
     )
     n = input_ids.shape[0] if num_sequences is None else num_sequences
     sums = torch.zeros(n, dtype=torch.float32, device=input_ids.device).index_add(0, slots, token_lp)

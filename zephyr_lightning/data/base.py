@@ -146,7 +146,8 @@ class ChatDataModule(L.LightningDataModule):
             self._tokenized(stage)
 
     def setup(self, stage: str | None = None) -> None:
-        for key in ("train", "val"):
+        # fit needs both splits, validate only the validation split; None (direct use) both.
+        for key in ("val",) if stage == "validate" else ("train", "val"):
             if key in self.datasets:
                 continue
             data = self._tokenized(key)

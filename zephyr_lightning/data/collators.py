@@ -22,18 +22,23 @@ def pad_rows(rows: list[list[int]], pad_value: int, multiple_of: int | None = No
 
 
 class PreferenceCollator:
-    """Pairs -> one padded batch holding all chosen rows, then all rejected rows.
+    """Pairs -> one batch holding all chosen sequences, then all rejected ones.
 
-    Both halves share one padding length, so the policy (and the reference) score chosen and rejected
-    in a single forward pass. ``loss_mask`` marks the completion tokens.
+    Padded (default): one sequence per row, right-padded to a shared length, with an
+    ``attention_mask``. Packed (``packing=True``): all 2B sequences laid end to end in a single row
+    with ``position_ids`` restarting per sequence, ``sequence_index`` (chosen of pair i -> i,
+    rejected -> B + i) and ``cu_seq_lens``/``max_length``, so no FLOP is spent on padding. Either
+    way the policy (and the reference) score chosen and rejected in one forward pass, and
+    ``loss_mask`` marks the completion tokens.
 
-    Output: ``input_ids``, ``attention_mask``, ``loss_mask`` ([2B, T]); ``prompt_id`` (list of B);
-    and ``reference_chosen_logps`` / ``reference_rejected_logps`` ([B]) when the rows carry them.
+    Also: ``prompt_id`` (list of B), ``num_tokens`` (real tokens), and
+    ``reference_chosen_logps`` / ``reference_rejected_logps`` ([B]) when the rows carry them.
     """
 
-    def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None) -> None:
+    def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None, packing: bool = False) -> None:
         self.pad_token_id = pad_token_id
         self.pad_to_multiple_of = pad_to_multiple_of
+        self.packing = packing
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         sequences, masks = [], []
@@ -42,13 +47,18 @@ class PreferenceCollator:
                 prompt, completion = row["prompt_input_ids"], row[f"{side}_input_ids"]
                 sequences.append(list(prompt) + list(completion))
                 masks.append([0] * len(prompt) + [1] * len(completion))
-        batch: dict[str, Any] = {
-            "input_ids": pad_rows(sequences, self.pad_token_id, self.pad_to_multiple_of),
-            "attention_mask": pad_rows([[1] * len(s) for s in sequences], 0, self.pad_to_multiple_of),
-            "loss_mask": pad_rows(masks, 0, self.pad_to_multiple_of),
-            "prompt_id": [row["prompt_id"] for row in rows],
-            "num_tokens": sum(len(s) for s in sequences),
-        }
+        if self.packing:
+            batch: dict[str, Any] = packed_batch(
+                [list(zip(sequences, masks, range(len(sequences))))], self.pad_token_id, self.pad_to_multiple_of
+            )
+        else:
+            batch = {
+                "input_ids": pad_rows(sequences, self.pad_token_id, self.pad_to_multiple_of),
+                "attention_mask": pad_rows([[1] * len(s) for s in sequences], 0, self.pad_to_multiple_of),
+                "loss_mask": pad_rows(masks, 0, self.pad_to_multiple_of),
+            }
+        batch["prompt_id"] = [row["prompt_id"] for row in rows]
+        batch["num_tokens"] = sum(len(s) for s in sequences)
         for side in ("chosen", "rejected"):
             key = f"reference_{side}_logps"
             if key in rows[0]:

@@ -108,9 +108,11 @@ def packed_batch(
     """Rows of ``(token ids, loss mask, output slot)`` sequences -> a packed batch.
 
     Returns ``input_ids``, ``position_ids`` (restarting at 0 per sequence), ``loss_mask`` (never set
-    on a sequence's first token, which has no predictor inside its own sequence) and
-    ``sequence_index`` (the output slot of every token, -1 for padding). Padding at the end of a row
-    gets its own position ids, so it forms a separate pseudo-sequence nothing attends to.
+    on a sequence's first token, which has no predictor inside its own sequence),
+    ``sequence_index`` (the output slot of every token, -1 for padding), and ``cu_seq_lens`` /
+    ``max_length``: the sequence boundaries over all tokens of the batch laid end to end, as varlen
+    attention kernels take them. Padding at the end of a row gets its own position ids, so it forms a
+    separate pseudo-sequence nothing attends to.
     """
     width = max(sum(len(ids) for ids, _, _ in row) for row in rows)
     if pad_to_multiple_of:
@@ -120,6 +122,7 @@ def packed_batch(
     position_ids = torch.zeros(shape, dtype=torch.long)
     loss_mask = torch.zeros(shape, dtype=torch.long)
     sequence_index = torch.full(shape, -1, dtype=torch.long)
+    boundaries = [0]
     for r, row in enumerate(rows):
         at = 0
         for ids, mask, slot in row:
@@ -130,5 +133,16 @@ def packed_batch(
             loss_mask[r, at] = 0
             sequence_index[r, at : at + n] = slot
             at += n
+            boundaries.append(r * width + at)
         position_ids[r, at:] = torch.arange(width - at)
-    return {"input_ids": input_ids, "position_ids": position_ids, "loss_mask": loss_mask, "sequence_index": sequence_index}
+        if at < width:
+            boundaries.append((r + 1) * width)
+    cu_seq_lens = torch.tensor(boundaries, dtype=torch.int32)
+    return {
+        "input_ids": input_ids,
+        "position_ids": position_ids,
+        "loss_mask": loss_mask,
+        "sequence_index": sequence_index,
+        "cu_seq_lens": cu_seq_lens,
+        "max_length": int(cu_seq_lens.diff().max()),
+    }

@@ -93,6 +93,9 @@ class PreferenceDataModule(ChatDataModule):
         batch_size: pairs per device per step; ``eval_batch_size`` defaults to it.
         num_proc: processes for tokenization (``datasets.map``); results are cached.
         max_train_samples, max_val_samples: keep only the first N rows (quick runs).
+        packing: lay each batch's chosen and rejected sequences end to end in one row (no padding; the
+            same losses as padding). Pair it with ``model.attn_implementation=varlen`` or
+            ``flash_attention_2`` on GPU; on CPU sdpa handles it with a block-diagonal mask.
         pad_to_multiple_of: round the padded length up (tensor-core friendly shapes on GPU).
         name: hub configuration name; cache_dir: datasets cache.
     """
@@ -106,6 +109,7 @@ class PreferenceDataModule(ChatDataModule):
         val_split: str | None = "test_prefs",
         max_length: int = 1024,
         max_prompt_length: int = 512,
+        packing: bool = False,
         pad_to_multiple_of: int | None = None,
         **kwargs: Any,
     ) -> None:
@@ -116,7 +120,7 @@ class PreferenceDataModule(ChatDataModule):
         super().__init__(path, tokenizer, train_split=train_split, val_split=val_split, **kwargs)
         self.max_length = max_length
         self.max_prompt_length = max_prompt_length
-        self.collator = PreferenceCollator(self.tokenizer.pad_token_id, pad_to_multiple_of=pad_to_multiple_of)
+        self.collator = PreferenceCollator(self.tokenizer.pad_token_id, pad_to_multiple_of=pad_to_multiple_of, packing=packing)
 
     def row_tokenizer(self, split: str) -> PreferenceTokenizer:
         return PreferenceTokenizer(

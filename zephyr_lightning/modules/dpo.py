@@ -12,11 +12,12 @@ from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 
-from zephyr_lightning.logprobs import sequence_logprobs
+from zephyr_lightning.logprobs import batch_inputs, sequence_logprobs
 from zephyr_lightning.losses import LOSS_TYPES, dpo_loss
 from zephyr_lightning.models import ModelSpec, as_spec
 from zephyr_lightning.modules.base import CausalLMModule
 from zephyr_lightning.optim import OptimizerConfig
+from zephyr_lightning.reference import ReferenceLogpsStore, attach_reference_logps
 
 # TRL's names, so runs compare with what users know.
 METRICS = (
@@ -50,6 +51,11 @@ class DPOModule(CausalLMModule):
         loss_type: ``sigmoid`` (DPO), ``ipo`` or ``hinge``; see `dpo_loss`.
         label_smoothing: cDPO's assumed label-noise rate (sigmoid loss only).
         reference_free: compare against a uniform reference instead of a model.
+        precompute_reference: run the reference once over the DataModule's splits before training,
+            store its log-probs on disk (``reference_cache_dir``, default ``~/.cache/zephyr_lightning/
+            reference_logps``), reuse them in later runs with the same reference and data, and never
+            load the reference during training. Needs a DataModule with ``datasets`` and ``collator``
+            (`PreferenceDataModule`).
         optim: optimizer and schedule (paper: lr 5e-7, linear, 10% warmup).
 
     The reference is frozen (``requires_grad_(False)``, always in eval mode), kept out of the
@@ -66,6 +72,8 @@ class DPOModule(CausalLMModule):
         loss_type: str = "sigmoid",
         label_smoothing: float = 0.0,
         reference_free: bool = False,
+        precompute_reference: bool = False,
+        reference_cache_dir: str | None = None,
         optim: OptimizerConfig | dict[str, Any] | None = None,
     ) -> None:
         if not beta > 0:
@@ -90,11 +98,15 @@ class DPOModule(CausalLMModule):
             loss_type=loss_type,
             label_smoothing=label_smoothing,
             reference_free=reference_free,
+            precompute_reference=precompute_reference,
+            reference_cache_dir=reference_cache_dir,
         )
         self.beta = beta
         self.loss_type = loss_type
         self.label_smoothing = label_smoothing
         self.reference_free = reference_free
+        self.precompute_reference = precompute_reference and not reference_free
+        self.reference_cache_dir = reference_cache_dir
         self.reference_spec: ModelSpec | None = None
         self.reference: PreTrainedModel | None = None
         if not reference_free:
@@ -126,8 +138,39 @@ class DPOModule(CausalLMModule):
 
     def configure_model(self) -> None:
         super().configure_model()
-        if self.reference is None and self.reference_spec is not None:
+        if self.reference is None and self.reference_spec is not None and not self.precompute_reference:
             self._set_reference(self.reference_spec.load_model())
+
+    def setup(self, stage: str) -> None:
+        if self.precompute_reference:
+            self._attach_reference_logps()
+
+    def _attach_reference_logps(self) -> None:
+        datamodule = self.trainer.datamodule
+        if datamodule is None or not hasattr(datamodule, "datasets") or not hasattr(datamodule, "collator"):
+            raise TypeError("precompute_reference=True needs a DataModule with `datasets` and `collator` "
+                            "(e.g. PreferenceDataModule)")
+        if all("reference_chosen_logps" in d.column_names for d in datamodule.datasets.values()):
+            return
+        source = self.reference if self.reference is not None else self.reference_spec
+        trainer = self.trainer
+        datamodule.datasets.update(
+            attach_reference_logps(
+                datamodule.datasets,
+                datamodule.collator,
+                source,
+                store=ReferenceLogpsStore(self.reference_cache_dir),
+                batch_size=getattr(datamodule, "eval_batch_size", None) or 8,
+                device=trainer.strategy.root_device,
+                rank=trainer.global_rank,
+                world_size=trainer.world_size,
+                barrier=trainer.strategy.barrier,
+                prepare_model=trainer.precision_plugin.convert_module,
+                forward_context=trainer.precision_plugin.forward_context,
+            )
+        )
+        # The numbers are all training needs: free a reference that was handed in as a model.
+        self.reference = None
 
     def train(self, mode: bool = True) -> DPOModule:
         # Lightning toggles train/eval around validation on the whole module; the reference must stay
@@ -169,9 +212,15 @@ class DPOModule(CausalLMModule):
             # is a no-op for it and Lightning has no missing keys to warn about.
             state.update(self.reference.state_dict(prefix=REFERENCE_PREFIX))
 
-    def policy_logps(self, batch: dict[str, Any]) -> Tensor:
-        logps, _ = sequence_logprobs(self.model, batch["input_ids"], batch["loss_mask"], batch["attention_mask"])
+    def _logps(self, model: PreTrainedModel, batch: dict[str, Any]) -> Tensor:
+        # Chosen then rejected, whether the batch is padded (one sequence per row) or packed.
+        logps, _ = sequence_logprobs(
+            model, batch["input_ids"], batch["loss_mask"], num_sequences=2 * len(batch["prompt_id"]), **batch_inputs(batch)
+        )
         return logps
+
+    def policy_logps(self, batch: dict[str, Any]) -> Tensor:
+        return self._logps(self.model, batch)
 
     @torch.no_grad()
     def reference_logps(self, batch: dict[str, Any]) -> Tensor:
@@ -179,11 +228,8 @@ class DPOModule(CausalLMModule):
         if "reference_chosen_logps" in batch:
             return torch.cat([batch["reference_chosen_logps"], batch["reference_rejected_logps"]])
         if self.reference_free:
-            return torch.zeros(batch["input_ids"].shape[0], device=self.device)
-        logps, _ = sequence_logprobs(
-            self.reference, batch["input_ids"], batch["loss_mask"], batch["attention_mask"]
-        )
-        return logps
+            return torch.zeros(2 * len(batch["prompt_id"]), device=self.device)
+        return self._logps(self.reference, batch)
 
     def compute(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         """Per-pair loss and TRL-style statistics for a batch (one forward pass per model)."""

@@ -7,7 +7,7 @@ from typing import Any
 from torch import Tensor
 from transformers import PreTrainedModel
 
-from zephyr_lightning.logprobs import token_logprobs
+from zephyr_lightning.logprobs import batch_inputs, token_logprobs
 from zephyr_lightning.metrics import TokenNLL, TokenPerplexity
 from zephyr_lightning.models import ModelSpec
 from zephyr_lightning.modules.base import CausalLMModule
@@ -38,14 +38,7 @@ class SFTModule(CausalLMModule):
         self.val_perplexity = TokenPerplexity()
 
     def scored_logprobs(self, batch: dict[str, Any]) -> Tensor:
-        logps, _ = token_logprobs(
-            self.model,
-            batch["input_ids"],
-            batch["loss_mask"],
-            attention_mask=batch.get("attention_mask"),
-            position_ids=batch.get("position_ids"),
-            sequence_index=batch.get("sequence_index"),
-        )
+        logps, _ = token_logprobs(self.model, batch["input_ids"], batch["loss_mask"], **batch_inputs(batch))
         return logps
 
     @staticmethod
