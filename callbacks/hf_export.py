@@ -7,11 +7,24 @@ from pathlib import Path
 
 import lightning as L
 from transformers import PreTrainedTokenizerBase
-from zephyr_lightning.callbacks._tokenizer import find_tokenizer
 
+from zephyr_lightning.callbacks._tokenizer import find_tokenizer
 from zephyr_lightning.export import export_hf
 
 log = logging.getLogger(__name__)
+
+
+def full_state_dict(trainer: L.Trainer) -> dict:
+    """The LightningModule's whole state dict on rank 0, whatever the strategy shards."""
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    strategy = trainer.strategy
+    if isinstance(strategy, FSDPStrategy) and getattr(strategy, "_state_dict_type", "full") != "full":
+        # Checkpoints are sharded; the export still needs every weight in one place.
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        return get_model_state_dict(strategy.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return strategy.lightning_module_state_dict()
 
 
 class HFExport(L.Callback):
@@ -29,7 +42,7 @@ class HFExport(L.Callback):
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # A collective under FSDP/DeepSpeed: every rank takes part, rank 0 receives the full weights.
-        full_state = trainer.strategy.lightning_module_state_dict()
+        full_state = full_state_dict(trainer)
         if not trainer.is_global_zero:
             return
         prefix = "model."

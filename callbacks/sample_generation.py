@@ -10,6 +10,7 @@ import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from transformers import PreTrainedTokenizerBase
+
 from zephyr_lightning.callbacks._tokenizer import find_tokenizer
 
 log = logging.getLogger(__name__)

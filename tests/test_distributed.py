@@ -1,0 +1,43 @@
+"""Lightning strategies on 2 CPU processes (gloo): disjoint data, identical weights, sharded reference."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from tests.helpers import pref_row, write_jsonl
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "tests" / "scripts" / "distributed_dpo.py"
+
+
+def _run(strategy: str, tmp_path: Path) -> Path:
+    rows = [pref_row(f"Question {i}?", f"Answer {i}.", "No.") for i in range(16)]
+    write_jsonl(tmp_path / "data" / "train_prefs.jsonl", rows)
+    out = tmp_path / "out"
+    env = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, str(SCRIPT), strategy, str(tmp_path / "data"), str(out)],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return out
+
+
+def test_ddp_ranks_see_disjoint_data_and_end_with_identical_weights(tmp_path):
+    out = _run("ddp", tmp_path)
+    seen = [json.loads((out / f"rank{r}.json").read_text())["seen"] for r in range(2)]
+    assert len(seen[0]) == len(seen[1]) == 8
+    assert not set(seen[0]) & set(seen[1])
+    assert len(set(seen[0]) | set(seen[1])) == 16
+    weights = [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    from zephyr_lightning.models import build_tiny_mistral
+
+    initial = build_tiny_mistral(seed=0).state_dict()
+    assert not torch.equal(initial["lm_head.weight"], weights[0]["model.lm_head.weight"])  # it trained
