@@ -27,17 +27,22 @@ log = logging.getLogger(__name__)
 NAME = "varlen"
 
 
+try:  # torch >= 2.10
+    from torch.nn.attention.varlen import varlen_attn
+except ImportError:
+    varlen_attn = None
+
+
 def torch_varlen_available() -> bool:
-    try:
-        from torch.nn.attention.varlen import varlen_attn  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return varlen_attn is not None
+
+
+# Whether this torch's varlen_attn takes enable_gqa (2.13 does, 2.11 does not); set by `register`, so
+# the attention function itself does no introspection (torch.compile would break the graph there).
+_VARLEN_GQA = False
 
 
 def _varlen_accepts_gqa() -> bool:
-    from torch.nn.attention.varlen import varlen_attn
-
     return "enable_gqa" in inspect.signature(varlen_attn).parameters
 
 
@@ -56,6 +61,7 @@ def _repeat_heads(x: torch.Tensor, groups: int) -> torch.Tensor:
     return x if groups == 1 else x.repeat_interleave(groups, dim=1)
 
 
+@torch.compiler.disable  # a data-dependent Python loop: keep it out of compiled graphs
 def _cpu_varlen(q, k, v, cu: torch.Tensor, scale: float) -> torch.Tensor:
     out = torch.empty_like(q)
     bounds = cu.tolist()
@@ -109,15 +115,14 @@ def varlen_attention_forward(
     v = value.transpose(1, 2).reshape(batch * tokens, value.shape[1], dim)
     groups = heads // k.shape[1]
     if q.is_cuda:
-        from torch.nn.attention.varlen import varlen_attn
-
         extra: dict[str, Any] = {}
-        if groups > 1 and _varlen_accepts_gqa():
+        if groups > 1 and _VARLEN_GQA:
             extra["enable_gqa"] = True
         else:
             k, v = _repeat_heads(k, groups), _repeat_heads(v, groups)
         cu = cu_seq_lens_q.to(device=q.device, dtype=torch.int32)
-        out = varlen_attn(q, k, v, cu, cu, int(max_length_q), int(max_length_q), scale=scale, window_size=(-1, 0), **extra)
+        # max_length_q stays as given: int() would pin a compiled graph to one length.
+        out = varlen_attn(q, k, v, cu, cu, max_length_q, max_length_q, scale=scale, window_size=(-1, 0), **extra)
     else:
         out = _cpu_varlen(q, _repeat_heads(k, groups), _repeat_heads(v, groups), cu_seq_lens_q, scale)
     return out.reshape(batch, tokens, heads, dim), None
@@ -139,6 +144,8 @@ def register() -> bool:
         from transformers.masking_utils import AttentionMaskInterface
     except ImportError:
         return False
+    global _VARLEN_GQA
+    _VARLEN_GQA = torch_varlen_available() and _varlen_accepts_gqa()
     AttentionInterface.register(NAME, varlen_attention_forward)
     AttentionMaskInterface.register(NAME, _varlen_mask)
     return True

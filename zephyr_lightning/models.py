@@ -145,6 +145,9 @@ class ModelSpec:
             Zephyr's template is used.
         seed: initialisation seed for built-in models (the reference rebuilds bit-identical from it).
         config_overrides: architecture values for built-in models (e.g. ``{hidden_size: 128}``).
+        compile: ``torch.compile`` each decoder layer (``True``: inductor; a string: that backend). Fuses
+            the memory-bound work between matrix products (norms, activations, rotary); shapes are
+            compiled as dynamic, so packed batches of any length reuse one graph.
     """
 
     name_or_path: str = TINY_MISTRAL
@@ -157,6 +160,7 @@ class ModelSpec:
     chat_template: str | None = None
     seed: int = 0
     config_overrides: dict[str, Any] = field(default_factory=dict)
+    compile: bool | str = False
 
     def __post_init__(self) -> None:
         parse_dtype(self.dtype)
@@ -235,9 +239,24 @@ def load_causal_lm(spec: ModelSpec | str) -> PreTrainedModel:
     if spec.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
+    if spec.compile:
+        compile_decoder_layers(model, backend="inductor" if spec.compile is True else spec.compile)
     # from_pretrained returns eval mode and Lightning does not switch it back; callers that train
     # need train mode (the DPO reference is put back in eval by its owner).
     model.train()
+    return model
+
+
+def compile_decoder_layers(model: PreTrainedModel, backend: str = "inductor") -> PreTrainedModel:
+    """Compile every decoder layer in place (``nn.Module.compile``: parameter names, checkpoints and
+    exports are unchanged). Layers share their code, so one graph serves them all."""
+    layers = getattr(model.base_model, "layers", None)
+    if layers is None:
+        raise ValueError(f"model.compile: {type(model).__name__} has no base_model.layers to compile")
+    # Policy and reference layers, train and no-grad graphs: allow more variants than the default 8.
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    for layer in layers:
+        layer.compile(dynamic=True, backend=backend)
     return model
 
 
@@ -255,11 +274,11 @@ def mistral_tokenizer_dir() -> Path:
     half-written folder) and after the first load also holds a `tokenizer.json`, which later loads read
     without sentencepiece.
     """
-    import mistral_common
-
     target = _cache_root() / "mistral-7b-v0.1-tokenizer"
     if (target / "tokenizer_config.json").exists():
         return target
+    import mistral_common
+
     source = Path(mistral_common.__file__).parent / "data" / "tokenizer.model.v1"
     if not source.exists():
         raise FileNotFoundError(
