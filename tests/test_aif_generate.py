@@ -80,6 +80,13 @@ def test_left_padded_batches_generate_what_single_prompts_do(tmp_path):
             next_id = model(ids).logits[0, -1].argmax()
             ids = torch.cat([ids, next_id.view(1, 1)], dim=1)
     assert tokenizer.decode(ids[0, -6:], skip_special_tokens=True).strip() == batched[0][0]
+    # A prompt over max_prompt_length fails alone (not truncated); the others are unaffected.
+    lengths = [len(tokenizer.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True)["input_ids"]) for t in TEXTS]
+    limited = tiny("g", 0, do_sample=False, max_new_tokens=6, max_prompt_length=max(lengths) - 1)
+    limited._model, limited._tokenizer = model, tokenizer
+    results = limited.generate(TEXTS, 1)
+    assert results[:2] == batched[:2] and isinstance(results[2], ValueError)
+    assert f"{max(lengths)} tokens > max_prompt_length" in str(results[2])
     assert load_causal_lm("builtin:tiny-mistral").training  # the generator's eval() did not leak into loading
 
 

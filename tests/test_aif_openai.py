@@ -182,6 +182,19 @@ def test_exhausted_retries_fail_the_item_and_the_run_goes_on(tmp_path):
     assert "gave up after 3 attempts (last: HTTP 503)" in summary.errors[0]
 
 
+def test_a_judge_that_never_works_stops_after_the_first_chunk(tmp_path):
+    rows = [generation_row(f"Q{i}?", [f"a{i}", f"b{i}"]) for i in range(4)]
+    source = write_jsonl(tmp_path / "g.jsonl", rows)
+    with FakeOpenAIServer(lambda body, seen: Reply(503, "down")) as server, pytest.raises(
+        RuntimeError, match="first chunk failed and none has ever succeeded"
+    ):
+        judge_completions(
+            str(source), make_judge(server.url, max_retries=0), tmp_path / "o.jsonl", chunk_size=2, show_progress=False
+        )
+    assert len(server.requests) == 2  # the first chunk only
+    assert not list(tmp_path.glob("o.jsonl*"))
+
+
 def test_rejected_key_stops_the_run_without_revealing_it(tmp_path, monkeypatch):
     monkeypatch.setenv(KEY_ENV, SECRET)
     source = write_jsonl(tmp_path / "g.jsonl", ROWS[:1])

@@ -36,8 +36,8 @@ log = logging.getLogger(__name__)
 class Generator(Protocol):
     """What `generate_completions` needs from a completion source.
 
-    ``generate(prompts, n)`` returns, per prompt, a list of ``n`` completions, or a `RequestError`
-    for a prompt that failed (it is retried on the next run). ``settings()`` is everything that shapes
+    ``generate(prompts, n)`` returns, per prompt, a list of ``n`` completions, or an exception
+    describing why that prompt failed (it is left out, counted, and retried on the next run). ``settings()`` is everything that shapes
     the completions; a resumed run refuses to mix completions made with different settings.
     """
 
@@ -48,7 +48,7 @@ class Generator(Protocol):
 
     def setup(self) -> None: ...
 
-    def generate(self, prompts: Sequence[str], n: int) -> list[list[str] | RequestError]: ...
+    def generate(self, prompts: Sequence[str], n: int) -> list[list[str] | Exception]: ...
 
     def close(self) -> None: ...
 
@@ -73,6 +73,8 @@ class LocalGenerator:
         max_new_tokens: longest completion.
         do_sample, temperature, top_p, top_k, repetition_penalty: sampling settings.
         system_prompt: a system turn before each prompt (UltraFeedback's ``custom_system_prompt``).
+        max_prompt_length: prompts rendered longer than this many tokens fail (counted, not
+            truncated: a cut prompt is a different task); ``None``: no limit.
         seed: sampling seed; each batch's seed is derived from it and the batch's prompts.
         device: ``cuda``, ``cpu``...; default: CUDA when available.
     """
@@ -90,6 +92,7 @@ class LocalGenerator:
         top_k: int | None = None,
         repetition_penalty: float | None = None,
         system_prompt: str | None = None,
+        max_prompt_length: int | None = None,
         seed: int = 0,
         device: str | None = None,
     ) -> None:
@@ -107,6 +110,7 @@ class LocalGenerator:
         self.top_k = top_k
         self.repetition_penalty = repetition_penalty
         self.system_prompt = system_prompt
+        self.max_prompt_length = max_prompt_length
         self.seed = seed
         self.device = device
         self._model = None
@@ -123,6 +127,7 @@ class LocalGenerator:
             "top_k": self.top_k if self.do_sample else None,
             "repetition_penalty": self.repetition_penalty,
             "system_prompt": self.system_prompt,
+            "max_prompt_length": self.max_prompt_length,
             "seed": self.seed,
         }
 
@@ -151,7 +156,7 @@ class LocalGenerator:
         digest = hashlib.sha256(json.dumps([self.seed, self.name, list(prompts)]).encode()).hexdigest()
         return int(digest[:15], 16)
 
-    def generate(self, prompts: Sequence[str], n: int) -> list[list[str] | RequestError]:
+    def generate(self, prompts: Sequence[str], n: int) -> list[list[str] | Exception]:
         import torch
 
         from zephyr_lightning.data.chat import render
@@ -161,7 +166,17 @@ class LocalGenerator:
         self.setup()
         model, tokenizer = self._model, self._tokenizer
         texts = [render(tokenizer, _messages(p, self.system_prompt), add_generation_prompt=True) for p in prompts]
-        batch = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt").to(model.device)
+        ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+        results: list[list[str] | Exception] = [[] for _ in prompts]
+        keep = []
+        for i, row in enumerate(ids):
+            if self.max_prompt_length is not None and len(row) > self.max_prompt_length:
+                results[i] = ValueError(f"prompt has {len(row)} tokens > max_prompt_length={self.max_prompt_length}")
+            else:
+                keep.append(i)
+        if not keep:
+            return results
+        batch = tokenizer.pad({"input_ids": [ids[i] for i in keep]}, return_tensors="pt").to(model.device)
         sampling: dict[str, Any] = {"do_sample": self.do_sample}
         if self.do_sample:
             sampling.update(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k or 0)
@@ -179,7 +194,9 @@ class LocalGenerator:
                 **sampling,
             )
         completions = tokenizer.batch_decode(output[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
-        return [[c.strip() for c in completions[i * n : (i + 1) * n]] for i in range(len(prompts))]
+        for j, i in enumerate(keep):
+            results[i] = [c.strip() for c in completions[j * n : (j + 1) * n]]
+        return results
 
 
 class OpenAIChatGenerator:
@@ -260,7 +277,7 @@ class OpenAIChatGenerator:
     def close(self) -> None:
         pass
 
-    def generate(self, prompts: Sequence[str], n: int) -> list[list[str] | RequestError]:
+    def generate(self, prompts: Sequence[str], n: int) -> list[list[str] | Exception]:
         per_request = min(n, self.n_per_request or n)
         requests, owners = [], []
         for index, prompt in enumerate(prompts):
@@ -282,7 +299,7 @@ class OpenAIChatGenerator:
                 owners.append((index, k))
                 remaining -= k
         replies = self.client.post_all(requests)
-        results: list[list[str] | RequestError] = [[] for _ in prompts]
+        results: list[list[str] | Exception] = [[] for _ in prompts]
         for (index, k), reply in zip(owners, replies):
             if isinstance(results[index], RequestError):
                 continue
@@ -365,7 +382,7 @@ def _generate_one(
                 if len(results) != len(batch):
                     raise RuntimeError(f"{generator.name}: returned {len(results)} results for {len(batch)} prompts")
                 for prompt, result in zip(batch, results):
-                    if isinstance(result, RequestError):
+                    if isinstance(result, Exception):
                         counts["failed"] += 1
                         log.warning("%s: prompt_id=%s failed (retried on the next run): %s", generator.name, prompt.prompt_id, result)
                         continue

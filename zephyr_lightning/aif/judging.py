@@ -144,7 +144,7 @@ def judge_completions(
     *,
     cache_path: str | os.PathLike | None = None,
     split: str = "train",
-    chunk_size: int = 64,
+    chunk_size: int = 256,
     show_progress: bool = True,
 ) -> JudgeSummary:
     """Score every completion of the rows in ``source`` with ``judge``; write them to ``output``.
@@ -169,6 +169,7 @@ def judge_completions(
     summary = JudgeSummary(judge=judge.name, rows=len(rows))
     total = sum(len(c or []) for c in rows["completions"])
     log.info("judge %s: %d rows, %d completions; %d judgements cached in %s", judge.name, len(rows), total, len(cache), cache_path)
+    succeeded = False
     try:
         with open(partial, "w", encoding="utf-8") as out, tqdm(
             total=total, desc=f"judge {judge.name}", unit="completion", disable=not show_progress
@@ -188,6 +189,15 @@ def judge_completions(
                             asks[key] = JudgeItem(instruction, completion["response"], prompt_id, str(completion.get("model", "")))
                     keyed.append((row, keys))
                 fresh = _ask(judge, asks, cache)
+                succeeded = succeeded or len(cache) > 0
+                if fresh and not succeeded and not any(j.ok for j in fresh.values()):
+                    # Nothing has worked yet and a whole chunk failed: a wrong URL, model or rubric, or a
+                    # server that is down. Stop now instead of failing every remaining item the same way.
+                    first = next(iter(fresh.values())).error
+                    raise RuntimeError(
+                        f"judge {judge.name}: all {len(fresh)} completions of the first chunk failed and none has "
+                        f"ever succeeded; stopping. First error: {first}"
+                    )
                 for row, keys in keyed:
                     completions = []
                     for completion, key in zip(row["completions"], keys):
@@ -215,6 +225,9 @@ def judge_completions(
                     bar.update(len(keys))
                 out.flush()
         os.replace(partial, output)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
     finally:
         cache.close()
     _report(summary, output)
