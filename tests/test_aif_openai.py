@@ -17,6 +17,7 @@ from zephyr_lightning.aif import (
     OpenAIJudge,
     Prompt,
     ScoreParseError,
+    binarize,
     generate_completions,
     judge_completions,
     parse_ratings,
@@ -123,6 +124,9 @@ def test_judge_retries_fails_one_item_and_resumes_from_cache(tmp_path, monkeypat
                     assert completion["judge_ratings"] == ratings_for(completion["response"])
         assert (summary.completions, summary.judged, summary.failed, summary.from_cache) == (10, 9, 1, 0)
         assert "1 completions could not be judged" in caplog.text
+        # Judged rows (ratings on some completions, a failure on one) binarize as they are.
+        pairs = binarize(str(output), tmp_path / "binarized", test_size=0)
+        assert pairs.pairs >= 1 and pairs.rows == len(ROWS)
 
         # A restart sends no request for what the cache holds: only the failed item is asked again.
         server.reset()
