@@ -1,0 +1,79 @@
+"""AI feedback (AIF), the middle stage of the Zephyr recipe: generate completions, judge them,
+binarize them into preference pairs.
+
+    python -m zephyr_lightning.aif                    # all three steps on the embedded default
+    python -m zephyr_lightning.aif step=judge judge=openai judge.model=gpt-4o hydra.run.dir=DIR
+
+The command composes `conf/aif/` with Hydra; everything here takes plain Python arguments and works
+without Hydra.
+"""
+
+from zephyr_lightning.aif.binarize import (
+    REJECTED_STRATEGIES,
+    BinarizeSummary,
+    binarize,
+    binarize_row,
+    binarize_rows,
+)
+from zephyr_lightning.aif.client import (
+    FatalRequestError,
+    OpenAICompatibleClient,
+    RequestError,
+    RetryPolicy,
+)
+from zephyr_lightning.aif.generate import (
+    GenerateSummary,
+    Generator,
+    LocalGenerator,
+    OpenAIChatGenerator,
+    generate_completions,
+)
+from zephyr_lightning.aif.io import CorruptJsonlError, JsonlWriter, read_done
+from zephyr_lightning.aif.judges import (
+    CallableJudge,
+    Judge,
+    JudgeItem,
+    Judgement,
+    OpenAIJudge,
+    RewardModelJudge,
+    heuristic_score,
+)
+from zephyr_lightning.aif.judging import JudgementCache, JudgeSummary, judge_completions
+from zephyr_lightning.aif.prompts import Prompt, load_prompts
+from zephyr_lightning.aif.rubric import ASPECTS, DEFAULT_RUBRIC, ScoreParseError, parse_ratings
+
+__all__ = [
+    "ASPECTS",
+    "DEFAULT_RUBRIC",
+    "REJECTED_STRATEGIES",
+    "BinarizeSummary",
+    "CallableJudge",
+    "CorruptJsonlError",
+    "FatalRequestError",
+    "GenerateSummary",
+    "Generator",
+    "Judge",
+    "JudgeItem",
+    "JudgeSummary",
+    "Judgement",
+    "JudgementCache",
+    "JsonlWriter",
+    "LocalGenerator",
+    "OpenAIChatGenerator",
+    "OpenAICompatibleClient",
+    "OpenAIJudge",
+    "Prompt",
+    "RequestError",
+    "RetryPolicy",
+    "RewardModelJudge",
+    "ScoreParseError",
+    "binarize",
+    "binarize_row",
+    "binarize_rows",
+    "generate_completions",
+    "heuristic_score",
+    "judge_completions",
+    "load_prompts",
+    "parse_ratings",
+    "read_done",
+]

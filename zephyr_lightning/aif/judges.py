@@ -1,0 +1,405 @@
+"""Judges: give each (prompt, response) a score. Three kinds share one `Judge` protocol:
+
+- `OpenAIJudge`: an OpenAI-compatible chat-completions model rating with our UltraFeedback-style
+  rubric (`zephyr_lightning.aif.rubric`), parsed strictly;
+- `RewardModelJudge`: a local reward model (``AutoModelForSequenceClassification`` with one output);
+- `CallableJudge`: any Python function ``(prompt, response) -> float``, for tests and programmatic
+  judges; `heuristic_score` is the offline stand-in the default config uses.
+
+A judge never raises for one bad item: it returns a `Judgement` with ``error`` set (naming the
+prompt), so the run goes on and the failure is counted. Errors that would hit every item (a rejected
+API key, a missing model) are raised.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import inspect
+import json
+import logging
+import math
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from zephyr_lightning.aif.client import OpenAICompatibleClient, RequestError, RetryPolicy, chat_content
+from zephyr_lightning.aif.rubric import (
+    JUDGE_FORMAT_VERSION,
+    ScoreParseError,
+    judge_user_message,
+    load_rubric,
+    overall_score,
+    parse_ratings,
+)
+from zephyr_lightning.models import ModelSpec, as_spec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class JudgeItem:
+    """One completion to score. ``prompt_id`` and ``model`` only serve error messages."""
+
+    prompt: str
+    response: str
+    prompt_id: str = ""
+    model: str = ""
+
+    def where(self) -> str:
+        excerpt = self.prompt if len(self.prompt) <= 60 else self.prompt[:57] + "..."
+        who = f", model {self.model}" if self.model else ""
+        return f"prompt_id={self.prompt_id or '?'} ({excerpt!r}{who})"
+
+
+@dataclass
+class Judgement:
+    """A score, or the reason there is none. ``ratings`` / ``rationale`` come from rubric judges."""
+
+    score: float | None
+    ratings: dict[str, int] | None = None
+    rationale: str | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.score is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"score": self.score, "ratings": self.ratings, "rationale": self.rationale, "error": self.error}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Judgement:
+        return cls(data.get("score"), data.get("ratings"), data.get("rationale"), data.get("error"))
+
+
+OnResult = Callable[[int, Judgement], None]
+
+
+@runtime_checkable
+class Judge(Protocol):
+    """What the judge step needs from a judge.
+
+    ``fingerprint()`` identifies everything a score depends on besides the prompt and response (the
+    judge model, the rubric, ...): the on-disk cache is keyed by it, so changing any of them re-asks.
+    ``judge(items, on_result)`` returns one `Judgement` per item, in order, and calls
+    ``on_result(index, judgement)`` as each one is ready so that the caller can save it at once.
+    """
+
+    name: str
+
+    def fingerprint(self) -> str: ...
+
+    def judge(self, items: Sequence[JudgeItem], on_result: OnResult | None = None) -> list[Judgement]: ...
+
+
+def _valid_score(value: Any, item: JudgeItem, what: str) -> Judgement:
+    if isinstance(value, Judgement):
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return Judgement(None, error=f"{item.where()}: {what} returned {value!r}, not a finite number")
+    return Judgement(float(value))
+
+
+def resolve_callable(fn: Callable[..., Any] | str) -> Callable[..., Any]:
+    """A callable, or its import path: ``package.module.function`` or ``package.module:function``."""
+    if callable(fn):
+        return fn
+    if not isinstance(fn, str) or not fn:
+        raise TypeError(f"judge.fn must be a callable or an import path string, got {fn!r}")
+    module_name, sep, attr = fn.partition(":") if ":" in fn else fn.rpartition(".")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"judge.fn={fn!r} is not an import path like 'package.module.function'")
+    try:
+        target = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"judge.fn={fn!r} cannot be imported: {err}") from err
+    if not callable(target):
+        raise TypeError(f"judge.fn={fn!r} is not callable")
+    return target
+
+
+class CallableJudge:
+    """Score with a Python function ``fn(prompt, response) -> float`` (or a `Judgement`).
+
+    An exception or a non-finite / non-numeric result marks that item failed (with the prompt named)
+    and the run goes on. The cache fingerprint includes a hash of the function's source, so editing
+    the function invalidates its cached scores.
+    """
+
+    def __init__(self, fn: Callable[[str, str], float | Judgement] | str, name: str | None = None) -> None:
+        self.fn = resolve_callable(fn)
+        qualname = f"{getattr(self.fn, '__module__', '?')}.{getattr(self.fn, '__qualname__', repr(self.fn))}"
+        self.name = name or qualname
+        try:
+            source_hash = hashlib.sha256(inspect.getsource(self.fn).encode()).hexdigest()[:16]
+        except (OSError, TypeError):
+            source_hash = "nosource"
+        self._fingerprint = f"callable:{qualname}:{source_hash}"
+
+    def fingerprint(self) -> str:
+        return self._fingerprint
+
+    def judge(self, items: Sequence[JudgeItem], on_result: OnResult | None = None) -> list[Judgement]:
+        out = []
+        for index, item in enumerate(items):
+            try:
+                judgement = _valid_score(self.fn(item.prompt, item.response), item, self.name)
+            except Exception as err:  # a programmatic judge failing on one item must not stop the run
+                judgement = Judgement(None, error=f"{item.where()}: {self.name} raised {type(err).__name__}: {err}")
+            if on_result is not None:
+                on_result(index, judgement)
+            out.append(judgement)
+        return out
+
+
+_WORD = re.compile(r"[^\W_]+", re.UNICODE)
+_STOPWORDS = frozenset(
+    ["a", "an", "and", "are", "as", "at", "be", "by", "do", "does", "for", "from", "how", "i", "in", "is", "it", "of", "on", "or", "the", "this", "to", "was", "what", "when", "where", "which", "who", "why", "with", "you", "your"]
+)
+
+
+def heuristic_score(prompt: str, response: str) -> float:
+    """A cheap programmatic score in [1, 10], the offline stand-in judge of the default config.
+
+    It rewards a response that is non-empty, not repetitive (share of distinct words), of substance
+    (up to 50 words) and on topic (share of the prompt's content words it uses):
+    ``1 + 9 * (0.4 * distinct + 0.3 * min(words / 50, 1) + 0.3 * overlap)``, rounded to 2 decimals.
+    It knows nothing about correctness: it exists so that the pipeline runs end to end without a
+    network or a GPU; use `OpenAIJudge` or `RewardModelJudge` for real preference data.
+    """
+    words = [w.lower() for w in _WORD.findall(response)]
+    if not words:
+        return 1.0
+    distinct = len(set(words)) / len(words)
+    substance = min(len(words) / 50.0, 1.0)
+    topic = {w.lower() for w in _WORD.findall(prompt)} - _STOPWORDS
+    overlap = len(topic & set(words)) / len(topic) if topic else 0.0
+    return round(1.0 + 9.0 * (0.4 * distinct + 0.3 * substance + 0.3 * overlap), 2)
+
+
+class OpenAIJudge:
+    """Rate completions with an OpenAI-compatible chat-completions model and a rubric.
+
+    The rubric is the system message; the user message holds the instruction and the response
+    between markers (`zephyr_lightning.aif.rubric.judge_user_message`). The reply must be the rubric's
+    JSON object (`parse_ratings`); the score is the mean of the aspect ratings.
+
+    Args:
+        model: the judge model's name on the server (e.g. ``gpt-4o``).
+        base_url: API root (``https://api.openai.com/v1``, ``http://localhost:8000/v1`` for vLLM).
+        api_key_env: the NAME of the environment variable holding the key. The key itself never
+            appears in a config, a log line, an error or a written file.
+        rubric: ``None`` for the built-in rubric, a path to a text file, or the rubric text.
+        concurrency: requests in flight at once.
+        timeout: seconds per request before it counts as timed out (and is retried).
+        max_retries, backoff_base, max_delay: retries on 429 / 5xx / timeouts / dropped connections,
+            waiting ``backoff_base * 2**attempt`` (capped at ``max_delay``, with jitter) or the
+            server's ``Retry-After``.
+        temperature, max_tokens: sampling of the judge's reply.
+        extra_body: extra request fields, e.g. ``{"response_format": {"type": "json_object"}}``.
+        name: how logs and summaries name this judge.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        base_url: str = "https://api.openai.com/v1",
+        *,
+        api_key_env: str | None = "OPENAI_API_KEY",
+        rubric: str | None = None,
+        concurrency: int = 8,
+        timeout: float = 60.0,
+        max_retries: int = 6,
+        backoff_base: float = 1.0,
+        max_delay: float = 60.0,
+        temperature: float = 0.0,
+        max_tokens: int = 512,
+        extra_body: dict[str, Any] | None = None,
+        name: str | None = None,
+    ) -> None:
+        if not model:
+            raise ValueError("judge.model is required: the judge model's name on the server")
+        self.model = model
+        self.rubric = load_rubric(rubric)
+        self.temperature = temperature
+        self.max_tokens = max_tokens
+        self.extra_body = dict(extra_body or {})
+        self.name = name or f"openai:{model}"
+        self.client = OpenAICompatibleClient(
+            base_url,
+            api_key_env=api_key_env,
+            concurrency=concurrency,
+            timeout=timeout,
+            retry=RetryPolicy(max_retries=max_retries, backoff_base=backoff_base, max_delay=max_delay),
+        )
+
+    def __repr__(self) -> str:
+        return f"OpenAIJudge(model={self.model!r}, client={self.client!r})"
+
+    def fingerprint(self) -> str:
+        # The cache key: judge model, rubric and message format (the prompt and response are added
+        # per item by the cache).
+        return json.dumps(["openai", self.model, self.rubric, JUDGE_FORMAT_VERSION])
+
+    def payload(self, item: JudgeItem) -> dict[str, Any]:
+        return {
+            **self.extra_body,
+            "model": self.model,
+            "messages": [
+                {"role": "system", "content": self.rubric},
+                {"role": "user", "content": judge_user_message(item.prompt, item.response)},
+            ],
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+        }
+
+    def _to_judgement(self, item: JudgeItem, reply: dict | RequestError) -> Judgement:
+        if isinstance(reply, RequestError):
+            return Judgement(None, error=f"{item.where()}: request failed: {reply}")
+        try:
+            text = chat_content(reply)
+            ratings, rationale = parse_ratings(text)
+        except RequestError as err:
+            return Judgement(None, error=f"{item.where()}: {err}")
+        except ScoreParseError as err:
+            return Judgement(None, error=f"{item.where()}: the judge's reply is not a valid rating: {err}")
+        return Judgement(overall_score(ratings), ratings=ratings, rationale=rationale)
+
+    def judge(self, items: Sequence[JudgeItem], on_result: OnResult | None = None) -> list[Judgement]:
+        def done(index: int, reply: dict | RequestError) -> None:
+            if on_result is not None:
+                on_result(index, self._to_judgement(items[index], reply))
+
+        replies = self.client.post_all([("chat/completions", self.payload(item)) for item in items], done)
+        return [self._to_judgement(item, reply) for item, reply in zip(items, replies)]
+
+
+@dataclass
+class _LoadedRewardModel:
+    model: Any
+    tokenizer: Any
+    device: Any = field(default=None)
+
+
+class RewardModelJudge:
+    """Score with a local reward model: ``AutoModelForSequenceClassification`` with one output.
+
+    Each (prompt, response) is rendered as a user turn and an assistant turn with the tokenizer's
+    chat template (Zephyr's when the tokenizer has none) and the model's single logit is the score.
+    Batches are right-padded; the model reads its score at each row's last real token.
+
+    Args:
+        model: a `ModelSpec`, or a hub name / local folder of a sequence-classification model.
+        batch_size: completions per forward pass.
+        max_length: longest rendered conversation in tokens; longer items are marked failed rather
+            than scored on a cut text.
+        device: ``cuda``, ``cpu``...; default: CUDA when available.
+        name: how logs and summaries name this judge.
+    """
+
+    def __init__(
+        self,
+        model: ModelSpec | str | dict[str, Any],
+        *,
+        batch_size: int = 8,
+        max_length: int = 4096,
+        device: str | None = None,
+        name: str | None = None,
+    ) -> None:
+        self.spec = as_spec(model)
+        if self.spec.is_builtin:
+            raise ValueError(
+                f"judge.model={self.spec.name_or_path!r} is a built-in causal LM, not a reward model; give the "
+                "hub name or folder of an AutoModelForSequenceClassification model with num_labels=1"
+            )
+        if batch_size < 1:
+            raise ValueError(f"judge.batch_size must be >= 1, got {batch_size}")
+        self.batch_size = batch_size
+        self.max_length = max_length
+        self.device = device
+        self.name = name or f"reward_model:{self.spec.name_or_path}"
+        self._loaded: _LoadedRewardModel | None = None
+
+    def fingerprint(self) -> str:
+        spec = self.spec
+        return json.dumps(
+            ["reward_model", spec.name_or_path, spec.revision, spec.dtype, spec.chat_template, self.max_length]
+        )
+
+    def setup(self) -> _LoadedRewardModel:
+        if self._loaded is not None:
+            return self._loaded
+        import torch
+        from transformers import AutoModelForSequenceClassification
+
+        from zephyr_lightning.models import (
+            _from_pretrained_dtype_kwarg,
+            load_tokenizer,
+            parse_dtype,
+            resolve_attn_implementation,
+        )
+
+        device = torch.device(self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        tokenizer = load_tokenizer(self.spec)
+        tokenizer.padding_side = "right"
+        dtype = parse_dtype(self.spec.dtype)
+        kwargs: dict[str, Any] = {
+            "attn_implementation": resolve_attn_implementation(self.spec.attn_implementation, device.type == "cuda"),
+            "trust_remote_code": self.spec.trust_remote_code,
+            "revision": self.spec.revision,
+            _from_pretrained_dtype_kwarg(): dtype if dtype is not None else "auto",
+        }
+        model = AutoModelForSequenceClassification.from_pretrained(self.spec.name_or_path, **kwargs)
+        if model.config.num_labels != 1:
+            raise ValueError(
+                f"judge.model={self.spec.name_or_path!r} has num_labels={model.config.num_labels}; a reward model "
+                "has exactly one output (num_labels=1)"
+            )
+        if model.config.pad_token_id is None:
+            # Sequence classifiers find each row's last token through the pad id.
+            model.config.pad_token_id = tokenizer.pad_token_id
+        model.to(device).eval()
+        self._loaded = _LoadedRewardModel(model, tokenizer, device)
+        return self._loaded
+
+    def close(self) -> None:
+        self._loaded = None
+
+    def judge(self, items: Sequence[JudgeItem], on_result: OnResult | None = None) -> list[Judgement]:
+        import torch
+
+        from zephyr_lightning.data.chat import render
+
+        loaded = self.setup()
+        tokenizer, model = loaded.tokenizer, loaded.model
+        results: list[Judgement | None] = [None] * len(items)
+
+        def finish(index: int, judgement: Judgement) -> None:
+            results[index] = judgement
+            if on_result is not None:
+                on_result(index, judgement)
+
+        encoded: list[tuple[int, list[int]]] = []
+        for index, item in enumerate(items):
+            if not item.response.strip():
+                finish(index, Judgement(None, error=f"{item.where()}: empty response"))
+                continue
+            messages = [{"role": "user", "content": item.prompt}, {"role": "assistant", "content": item.response}]
+            ids = tokenizer(render(tokenizer, messages), add_special_tokens=False)["input_ids"]
+            if len(ids) > self.max_length:
+                finish(index, Judgement(None, error=f"{item.where()}: {len(ids)} tokens > max_length={self.max_length}"))
+                continue
+            encoded.append((index, ids))
+        # Similar lengths together: less padding per batch.
+        encoded.sort(key=lambda pair: len(pair[1]))
+        with torch.no_grad():
+            for start in range(0, len(encoded), self.batch_size):
+                chunk = encoded[start : start + self.batch_size]
+                batch = tokenizer.pad({"input_ids": [ids for _, ids in chunk]}, return_tensors="pt")
+                batch = {k: v.to(loaded.device) for k, v in batch.items()}
+                scores = model(**batch).logits[:, 0].float().tolist()
+                for (index, _), score in zip(chunk, scores):
+                    finish(index, _valid_score(score, items[index], self.name))
+        return [r for r in results if r is not None]
