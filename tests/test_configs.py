@@ -53,12 +53,15 @@ def test_every_experiment_composes_and_instantiates(experiment, tmp_path):
     module = instantiate(cfg.module, _convert_="all")
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c]
     assert module is not None and callbacks
+    if not isinstance(cfg.trainer.strategy, str):
+        assert instantiate(cfg.trainer.strategy) is not None
     if str(cfg.model.name_or_path).startswith("builtin:"):
         datamodule = instantiate(cfg.data, _convert_="all")
         assert datamodule.tokenizer.chat_template
 
 
-@pytest.mark.parametrize("overrides", [["model=zephyr_7b_sft", "data=ultrafeedback"], ["strategy=ddp", "trainer=gpu"]])
+@pytest.mark.parametrize("overrides", [["model=zephyr_7b_sft", "data=ultrafeedback"], ["strategy=ddp", "trainer=gpu"],
+                                       ["strategy=fsdp"]])
 def test_real_recipe_groups_compose_without_network(overrides, tmp_path):
     cfg = compose(["+experiment=dpo", *overrides], tmp_path)
     spec = instantiate(cfg.model, _convert_="all")
@@ -66,9 +69,25 @@ def test_real_recipe_groups_compose_without_network(overrides, tmp_path):
         assert spec.name_or_path == "HuggingFaceH4/mistral-7b-sft-beta" and spec.dtype == "bfloat16"
         assert cfg.data.path == "HuggingFaceH4/ultrafeedback_binarized"
         assert (cfg.data.train_split, cfg.data.val_split) == ("train_prefs", "test_prefs")
+    elif "strategy=fsdp" in overrides:
+        strategy = instantiate(cfg.trainer.strategy)
+        assert type(strategy).__name__ == "FSDPStrategy" and cfg.trainer.precision == "bf16-mixed"
+        from transformers.models.mistral.modeling_mistral import MistralDecoderLayer
+
+        assert strategy.kwargs["auto_wrap_policy"]._module_classes == {MistralDecoderLayer}
     else:
         trainer_cfg = instantiate(cfg.trainer.strategy)
         assert type(trainer_cfg).__name__ == "DDPStrategy"
+
+
+def test_deepspeed_strategy_names_its_missing_dependency(tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "deepspeed" else real(name, *a))
+    cfg = compose(["+experiment=dpo", "strategy=deepspeed_zero3"], tmp_path)
+    with pytest.raises(Exception, match=r"pip install -e '.\[deepspeed\]'"):
+        instantiate(cfg.trainer.strategy)
 
 
 def test_local_model_folder_is_the_same_code_path(tmp_path, tiny_model_dir):
