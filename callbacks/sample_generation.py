@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from pathlib import Path
@@ -20,6 +21,18 @@ DEFAULT_PROMPTS = (
     "Write a haiku about the sea.",
     "Explain in one sentence why the sky is blue.",
 )
+
+
+def _unsharded_root(trainer: L.Trainer):
+    """Under FSDP, gather the root unit's weights (embeddings, head) for generation: `generate` runs
+    outside the root's own forward, while the wrapped decoder layers gather theirs as they run."""
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    if not isinstance(trainer.strategy, FSDPStrategy):
+        return contextlib.nullcontext()
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    return FullyShardedDataParallel.summon_full_params(trainer.strategy.model, recurse=False, writeback=False)
 
 
 class SampleGeneration(L.Callback):
@@ -76,7 +89,8 @@ class SampleGeneration(L.Callback):
             log.warning("SampleGeneration: no tokenizer (give one, or use a DataModule with .tokenizer); skipped")
             return
         # Every rank generates (sharded models need all ranks in each forward); rank 0 logs.
-        completions = self.generate(pl_module.model, tokenizer)
+        with _unsharded_root(trainer):
+            completions = self.generate(pl_module.model, tokenizer)
         if not trainer.is_global_zero:
             return
         step = trainer.global_step
