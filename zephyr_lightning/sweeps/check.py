@@ -277,18 +277,23 @@ def _check_command(sweep: dict[str, Any], problems: _Problems, path: str, root: 
     return overrides, experiment
 
 
-def agent_overrides(values: dict[str, Any]) -> list[str]:
-    """``key=value`` exactly as the W&B agent writes ``${args_no_hyphens}`` (W&B's own code)."""
+def _agent_args(values: dict[str, Any]) -> dict[str, list[str]]:
+    # The agent's argument lists (${args}, ${args_no_hyphens}, ...), built by W&B's own code.
     from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
 
-    return create_sweep_command_args({"args": {k: {"value": v} for k, v in values.items()}})["args_no_hyphens"]
+    return create_sweep_command_args({"args": {k: {"value": v} for k, v in values.items()}})
+
+
+def agent_overrides(values: dict[str, Any]) -> list[str]:
+    """``key=value`` exactly as the W&B agent writes ``${args_no_hyphens}``."""
+    return _agent_args(values)["args_no_hyphens"]
 
 
 def expand_command(sweep: dict[str, Any], values: dict[str, Any]) -> list[str]:
     """The command line a W&B agent runs for a trial with these parameter values (as in wandb_agent.py)."""
-    from wandb.sdk.launch.sweeps.utils import create_sweep_command, create_sweep_command_args
+    from wandb.sdk.launch.sweeps.utils import create_sweep_command
 
-    sweep_vars: dict[str, list[str]] = create_sweep_command_args({"args": {k: {"value": v} for k, v in values.items()}})
+    sweep_vars = _agent_args(values)
     sweep_vars["interpreter"] = ["python"]
     sweep_vars["program"] = [sweep["program"]]
     if os.name != "nt":
