@@ -8,16 +8,27 @@
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any
 
 import hydra
 import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from zephyr_lightning.loggers import announce_offline_run
+from zephyr_lightning.loggers import announce_offline_run, finish_wandb_run
+from zephyr_lightning.sweeps.trials import (
+    COMPLETED,
+    FAILED,
+    TrainingDiverged,
+    TrialResult,
+    nonfinite_losses,
+    optimized_value,
+    write_result,
+)
 
 log = logging.getLogger("train")
 
@@ -30,40 +41,82 @@ def _instantiate_group(group: DictConfig | None) -> list[Any]:
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
-    """Run one training job from a composed config; return the final logged metrics."""
+    """Run one training job from a composed config; return the final logged metrics.
+
+    Raises `TrainingDiverged` when a final loss is NaN or infinite. The job's W&B run is finished before
+    this returns or raises (marked failed on an error), so the next job of a multirun starts its own.
+    """
     if cfg.get("module") is None:
         raise ValueError("no `module` in the config: choose a stage with +experiment=dpo or +experiment=sft")
     L.seed_everything(cfg.seed, workers=True)
 
-    datamodule = instantiate(cfg.data, _convert_="all")
-    module = instantiate(cfg.module, _convert_="all")
-    callbacks = _instantiate_group(cfg.get("callbacks"))
-    loggers = _instantiate_group(cfg.get("logger"))
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    try:
+        datamodule = instantiate(cfg.data, _convert_="all")
+        module = instantiate(cfg.module, _convert_="all")
+        callbacks = _instantiate_group(cfg.get("callbacks"))
+        loggers = _instantiate_group(cfg.get("logger"))
+        trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
-    for logger in loggers:
-        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-        if isinstance(logger, WandbLogger) and trainer.is_global_zero:
-            announce_offline_run(logger)
+        for logger in loggers:
+            logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+            if isinstance(logger, WandbLogger) and trainer.is_global_zero:
+                announce_offline_run(logger)
 
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
-    if trainer.is_global_zero:
-        log.info("final metrics: %s", ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())))
-        log.info("run folder: %s", cfg.paths.output_dir)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+        if trainer.is_global_zero:
+            log.info("final metrics: %s", ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())))
+            log.info("run folder: %s", cfg.paths.output_dir)
+        diverged = nonfinite_losses(metrics)
+        if diverged:
+            raise TrainingDiverged(
+                "training diverged: " + ", ".join(f"{k}={v}" for k, v in sorted(diverged.items())), metrics
+            )
+    except BaseException:
+        finish_wandb_run(failed=True)
+        raise
+    finish_wandb_run()
     return metrics
+
+
+def _record(cfg: DictConfig, result: TrialResult) -> None:
+    if rank_zero_only.rank == 0:
+        write_result(cfg.paths.output_dir, result)
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    metrics = train(cfg)
-    name = cfg.get("optimized_metric")
-    if not name:
+    """Train; return the value of `optimized_metric` for a sweeper, or None when the run failed.
+
+    Every run writes `result.json` into its run folder (status, metric, final metrics, error, overrides).
+    Under a multirun a failure (an exception, a NaN loss) is logged with its traceback, recorded there and
+    answered with None, which Hydra's Optuna sweeper records as a failed trial before going on; a single
+    run re-raises (exit code 1: W&B's agent marks the run failed). None and not NaN: Optuna 2.10, under
+    hydra-optuna-sweeper 1.3, raises on a NaN value, which would end the whole sweep.
+    """
+    hydra_cfg = HydraConfig.get()
+    wandb_cfg = OmegaConf.select(cfg, "logger.wandb")
+    result = TrialResult(
+        status=FAILED,
+        optimized_metric=cfg.get("optimized_metric"),
+        overrides=list(hydra_cfg.overrides.task),
+        wandb_group=wandb_cfg.get("group") if wandb_cfg is not None else None,
+    )
+    try:
+        result.metrics = train(cfg)
+        if result.optimized_metric:
+            result.value = optimized_value(result.metrics, result.optimized_metric)
+    except Exception as error:
+        result.error = f"{type(error).__name__}: {error}"
+        result.metrics = result.metrics or getattr(error, "metrics", {})
+        _record(cfg, result)
+        if hydra_cfg.mode != RunMode.MULTIRUN:
+            raise
+        log.exception("trial failed (recorded in %s); the sweep goes on", cfg.paths.output_dir)
         return None
-    if name not in metrics:
-        raise KeyError(f"optimized_metric={name!r} was not logged; logged: {sorted(metrics)}")
-    value = metrics[name]
-    return value if math.isfinite(value) else None
+    result.status = COMPLETED
+    _record(cfg, result)
+    return result.value
 
 
 if __name__ == "__main__":

@@ -110,6 +110,10 @@ def test_loggers(logger, tmp_path):
         assert len(samples) == 3 and all(s["step"] == 2 and s["prompt"] for s in samples)
     if logger == "tensorboard":
         assert list(Path(tmp_path).glob("tensorboard/**/events.out.tfevents.*"))
+    if logger == "wandb":
+        import wandb
+
+        assert wandb.run is None  # finished, so that the next job of a multirun logs to a run of its own
 
 
 def test_missing_experiment_is_a_clear_error(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import netrc
 import os
+import sys
 from typing import Any
 
 from lightning.pytorch.loggers import WandbLogger
@@ -53,3 +54,14 @@ def announce_offline_run(logger: WandbLogger) -> None:
         return
     run_dir = os.path.dirname(logger.experiment.dir)  # .../wandb/offline-run-<time>-<id>/files -> run folder
     log.info("W&B is offline (no API key): run written to %s; upload it with `wandb sync %s`", run_dir, run_dir)
+
+
+def finish_wandb_run(failed: bool = False) -> None:
+    """End this process's W&B run, if one is open, marked failed (exit code 1) when the job failed.
+
+    Lightning's `WandbLogger` attaches to a run that is still open, so without this every job of a Hydra
+    multirun after the first would log into the first job's run.
+    """
+    wandb = sys.modules.get("wandb")  # never imported: no run to end
+    if wandb is not None and wandb.run is not None:
+        wandb.run.finish(exit_code=1 if failed else 0)

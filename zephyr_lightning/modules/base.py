@@ -54,6 +54,15 @@ class CausalLMModule(L.LightningModule):
         # Saved under the subclass's own argument name, so load_from_checkpoint can call it back.
         self.save_hyperparameters({model_arg: model_hparam, "optim": asdict(self.optim), **hparams})
 
+    @classmethod
+    def logged_metrics(cls) -> tuple[str, ...]:
+        """Every metric name this module logs (``train/...``, ``val/...``), as loggers and W&B receive it.
+
+        The names a sweep's ``metric.name`` or ``optimized_metric`` may take; each subclass builds its
+        ``self.log`` names from the same source, so the list cannot drift from what is logged.
+        """
+        return ()
+
     def configure_model(self) -> None:
         # Lightning may call this more than once (fit, then validate/test): build only once.
         if self.model is None:

@@ -33,6 +33,17 @@ PROGRESS_BAR = ("loss", "rewards/accuracies")
 REFERENCE_PREFIX = "reference."
 
 
+def logged_names(stage: str, metric: str) -> tuple[str | None, str]:
+    """The names under which `metric` of `stage` is logged: (per-step name or None, epoch name).
+
+    Training logs each step's value as ``train/<metric>`` and the epoch mean as ``train/<metric>_epoch``;
+    validation logs the epoch mean only, as ``val/<metric>``.
+    """
+    if stage == "train":
+        return f"train/{metric}", f"train/{metric}_epoch"
+    return None, f"{stage}/{metric}"
+
+
 def _metric_set() -> nn.ModuleDict:
     # ModuleDict keys cannot contain "."; "/" is allowed and keeps the logged names.
     return nn.ModuleDict({name: torchmetrics.MeanMetric() for name in METRICS})
@@ -257,23 +268,28 @@ class DPOModule(CausalLMModule):
             "logps/rejected": policy[pairs:].detach(),
         }
 
-    def _log_stage(self, stage: str, values: dict[str, Tensor], on_step: bool) -> None:
+    @classmethod
+    def logged_metrics(cls) -> tuple[str, ...]:
+        return tuple(name for stage in ("train", "val") for metric in METRICS
+                     for name in logged_names(stage, metric) if name is not None)
+
+    def _log_stage(self, stage: str, values: dict[str, Tensor]) -> None:
         pairs = values["loss"].shape[0]
         for name, value in values.items():
             metric = (self.train_metrics if stage == "train" else self.val_metrics)[name]
             metric.update(value.detach())
-            if on_step:
-                self.log(f"{stage}/{name}", value.detach().mean(), on_step=True, on_epoch=False,
+            step_name, epoch_name = logged_names(stage, name)
+            if step_name is not None:
+                self.log(step_name, value.detach().mean(), on_step=True, on_epoch=False,
                          prog_bar=name in PROGRESS_BAR, batch_size=pairs)
             # Epoch values come from torchmetrics, which sums across devices before dividing.
-            epoch_name = f"{stage}/{name}_epoch" if on_step else f"{stage}/{name}"
             self.log(epoch_name, metric, on_step=False, on_epoch=True,
-                     prog_bar=not on_step and name in PROGRESS_BAR, batch_size=pairs)
+                     prog_bar=step_name is None and name in PROGRESS_BAR, batch_size=pairs)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         values = self.compute(batch)
-        self._log_stage("train", values, on_step=True)
+        self._log_stage("train", values)
         return values["loss"].mean()
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._log_stage("val", self.compute(batch), on_step=False)
+        self._log_stage("val", self.compute(batch))

@@ -13,6 +13,13 @@ from zephyr_lightning.models import ModelSpec
 from zephyr_lightning.modules.base import CausalLMModule
 from zephyr_lightning.optim import OptimizerConfig
 
+# The names this module logs (`SFTModule.logged_metrics`); the logging code below uses these constants.
+TRAIN_LOSS = "train/loss"
+TRAIN_LOSS_EPOCH = "train/loss_epoch"
+TRAIN_SCORED_TOKENS = "train/scored_tokens"
+VAL_LOSS = "val/loss"
+VAL_PERPLEXITY = "val/perplexity"
+
 
 class SFTModule(CausalLMModule):
     """Causal-LM fine-tuning as in Zephyr's dSFT stage (paper: lr 2e-5, cosine, 10% warmup).
@@ -37,6 +44,10 @@ class SFTModule(CausalLMModule):
         self.val_nll = TokenNLL()
         self.val_perplexity = TokenPerplexity()
 
+    @classmethod
+    def logged_metrics(cls) -> tuple[str, ...]:
+        return (TRAIN_LOSS, TRAIN_LOSS_EPOCH, TRAIN_SCORED_TOKENS, VAL_LOSS, VAL_PERPLEXITY)
+
     def scored_logprobs(self, batch: dict[str, Any]) -> Tensor:
         logps, _ = token_logprobs(self.model, batch["input_ids"], batch["loss_mask"], **batch_inputs(batch))
         return logps
@@ -51,9 +62,9 @@ class SFTModule(CausalLMModule):
         loss = self.mean_nll(logps)
         self.train_nll.update(logps)
         sequences = len(batch["prompt_id"])
-        self.log("train/loss", loss.detach(), on_step=True, on_epoch=False, prog_bar=True, batch_size=sequences)
-        self.log("train/loss_epoch", self.train_nll, on_step=False, on_epoch=True, batch_size=sequences)
-        self.log("train/scored_tokens", float(logps.numel()), on_step=True, on_epoch=False, batch_size=sequences)
+        self.log(TRAIN_LOSS, loss.detach(), on_step=True, on_epoch=False, prog_bar=True, batch_size=sequences)
+        self.log(TRAIN_LOSS_EPOCH, self.train_nll, on_step=False, on_epoch=True, batch_size=sequences)
+        self.log(TRAIN_SCORED_TOKENS, float(logps.numel()), on_step=True, on_epoch=False, batch_size=sequences)
         return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
@@ -61,5 +72,5 @@ class SFTModule(CausalLMModule):
         self.val_nll.update(logps)
         self.val_perplexity.update(logps)
         sequences = len(batch["prompt_id"])
-        self.log("val/loss", self.val_nll, on_step=False, on_epoch=True, prog_bar=True, batch_size=sequences)
-        self.log("val/perplexity", self.val_perplexity, on_step=False, on_epoch=True, batch_size=sequences)
+        self.log(VAL_LOSS, self.val_nll, on_step=False, on_epoch=True, prog_bar=True, batch_size=sequences)
+        self.log(VAL_PERPLEXITY, self.val_perplexity, on_step=False, on_epoch=True, batch_size=sequences)
