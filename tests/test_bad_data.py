@@ -113,30 +113,49 @@ def test_every_documented_case_has_a_test():
     assert documented == tested
 
 
+def _bad_row(kind: str, case_id: str, mutate) -> dict:
+    prompt_id = f"{BAD_ID}-{case_id}"
+    row = pref_row("Broken?", "Yes.", "No.", prompt_id=prompt_id) if kind == "prefs" else sft_row("Broken?", "Yes.", prompt_id)
+    mutate(row)
+    return row
+
+
 @pytest.mark.parametrize(
     "case_id,kind,mutate,match,kwargs",
     [(cid, *case) for cid, cases in ROW_CASES.items() for case in cases],
     ids=[f"{cid}-{case[0]}" for cid, cases in ROW_CASES.items() for case in cases],
 )
-def test_bad_row_is_named_or_skipped_and_counted(tmp_path, tokenizer, caplog, case_id, kind, mutate, match, kwargs):
-    rows = _good_prefs() if kind == "prefs" else _good_sft()
-    bad = pref_row("Broken?", "Yes.", "No.", prompt_id=BAD_ID) if kind == "prefs" else sft_row("Broken?", "Yes.", BAD_ID)
-    mutate(bad)
-    path = write_jsonl(tmp_path / "train.jsonl", [rows[0], bad, *rows[1:]])
-
+def test_bad_row_error_names_the_row(tmp_path, tokenizer, case_id, kind, mutate, match, kwargs):
+    dm = _datamodule(kind, tmp_path, tokenizer, **kwargs)
+    row = _bad_row(kind, case_id, mutate)
+    tokenize = dm.row_tokenizer("train")
     with pytest.raises(BadRowError, match=re.escape(match)) as err:
-        _datamodule(kind, path, tokenizer, **kwargs).setup("fit")
-    assert f"prompt_id={BAD_ID}" in str(err.value) and str(path) in str(err.value)
+        tokenize({key: [value] for key, value in row.items()}, [0])  # what datasets.map calls, one row
+    assert f"prompt_id={BAD_ID}-{case_id}" in str(err.value) and str(tmp_path) in str(err.value)
 
+
+@pytest.mark.parametrize("kind", ["prefs", "sft"])
+def test_bad_rows_are_skipped_and_counted(tmp_path, tokenizer, caplog, kind):
+    """Every case of the table for this kind in one file, read through datasets with on_bad_row=skip."""
+    cases = [(cid, case) for cid, cs in ROW_CASES.items() for case in cs if case[0] == kind]
+    bad = [_bad_row(kind, cid, mutate) for cid, (_, mutate, _, _) in cases]
+    good = _good_prefs() if kind == "prefs" else _good_sft()
+    path = write_jsonl(tmp_path / "train.jsonl", [good[0], *bad, *good[1:]])
     with caplog.at_level(logging.INFO, logger="zephyr_lightning"):
-        dm = _datamodule(kind, path, tokenizer, on_bad_row="skip", **kwargs)
+        # on_too_long=error makes the over-long cases bad rows too (see the table).
+        dm = _datamodule(kind, path, tokenizer, on_bad_row="skip", on_too_long="error")
         dm.setup("fit")
-    assert _skipped(dm) == 1
-    used = dm.datasets["train"]["prompt_id"]
-    assert BAD_ID not in used and len(used) == 3
-    assert "3 of 4 rows used; 1 bad:" in caplog.text
+
+    assert dm.datasets["train"]["prompt_id"] == [r["prompt_id"] for r in good]
+    assert _skipped(dm) == len(cases)
+    reasons = " | ".join(status for status in dm.stats["train"] if status.startswith("bad"))
+    for _, (_, _, match, _) in cases:
+        assert match in reasons
+    total = len(good) + len(cases)
+    assert f"{len(good)} of {total} rows used; " in caplog.text and " bad: " in caplog.text
     summary = dm.summary()["train"]
-    assert summary["rows"] == 4 and summary["used"] == 3 and sum(summary["skipped_bad"].values()) == 1
+    assert summary["rows"] == total and summary["used"] == len(good)
+    assert sum(summary["skipped_bad"].values()) == len(cases)
 
 
 def test_over_long_rows_follow_on_too_long_first(tmp_path, tokenizer):
