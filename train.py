@@ -3,21 +3,31 @@
     python train.py +experiment=dpo                  # dDPO on the embedded default
     python train.py +experiment=sft                  # dSFT on the embedded default
     python train.py +experiment=dpo model=zephyr_7b_sft data=ultrafeedback trainer=gpu strategy=fsdp
+    python train.py +experiment=dpo hydra.run.dir=DIR resume=true   # continue DIR's newest checkpoint
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import sys
+import warnings
+from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from zephyr_lightning.loggers import announce_offline_run
+from zephyr_lightning.resume import resolve_ckpt_path
+from zephyr_lightning.secrets import redact, redact_text, redact_yaml_files
+from zephyr_lightning.validation import check_config
 
 log = logging.getLogger("train")
 
@@ -29,24 +39,39 @@ def _instantiate_group(group: DictConfig | None) -> list[Any]:
     return [instantiate(node) for node in group.values() if node is not None and "_target_" in node]
 
 
+def _checkpoint_dir(callbacks: list[Any], cfg: DictConfig) -> Path:
+    """Where this run's checkpoints go (and where `resume` looks)."""
+    for callback in callbacks:
+        if isinstance(callback, ModelCheckpoint) and callback.dirpath:
+            return Path(callback.dirpath)
+    return Path(cfg.paths.output_dir) / "checkpoints"
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Run one training job from a composed config; return the final logged metrics."""
     if cfg.get("module") is None:
         raise ValueError("no `module` in the config: choose a stage with +experiment=dpo or +experiment=sft")
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    check_config(plain)  # every bad value at once, before a tokenizer, data set or model is loaded
     L.seed_everything(cfg.seed, workers=True)
 
+    callbacks = _instantiate_group(cfg.get("callbacks"))
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.get("resume", False), _checkpoint_dir(callbacks, cfg))
+    if ckpt_path is not None:  # a resumed run writes into its own checkpoint folder: that is expected
+        warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
     datamodule = instantiate(cfg.data, _convert_="all")
     module = instantiate(cfg.module, _convert_="all")
-    callbacks = _instantiate_group(cfg.get("callbacks"))
     loggers = _instantiate_group(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
+    hyperparameters = redact(plain)  # what loggers (and so W&B's config) receive: no credentials
     for logger in loggers:
-        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        logger.log_hyperparams(hyperparameters)
         if isinstance(logger, WandbLogger) and trainer.is_global_zero:
             announce_offline_run(logger)
 
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    # weights_only: a checkpoint holds tensors and plain data only; loading never runs pickled code.
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     if trainer.is_global_zero:
         log.info("final metrics: %s", ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())))
@@ -54,8 +79,23 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
+def _redact_hydra_outputs() -> None:
+    """Hydra has written the config and the command line (``.hydra/``, ``multirun.yaml``) before
+    calling `main`; blank any credential a user put there, and in ``sys.argv`` (W&B records it)."""
+    hydra_cfg = HydraConfig.get()
+    folders = []
+    if hydra_cfg.output_subdir is not None:
+        folders.append(Path(hydra_cfg.runtime.output_dir) / hydra_cfg.output_subdir)
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        folders.append(Path(hydra_cfg.sweep.dir))
+    for folder in folders:
+        redact_yaml_files(folder)
+    sys.argv[:] = [redact_text(arg) for arg in sys.argv]
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    _redact_hydra_outputs()
     metrics = train(cfg)
     name = cfg.get("optimized_metric")
     if not name:
