@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import sys
@@ -70,8 +71,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if isinstance(logger, WandbLogger) and trainer.is_global_zero:
             announce_offline_run(logger)
 
-    # weights_only: a checkpoint holds tensors and plain data only; loading never runs pickled code.
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    # weights_only: a checkpoint holds tensors and plain data only; loading never runs pickled code
+    # (Lightning < 2.5 has no such argument; SafeCheckpointIO in conf/trainer enforces it there too).
+    safe = {"weights_only": True} if "weights_only" in inspect.signature(trainer.fit).parameters else {}
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, **safe)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     if trainer.is_global_zero:
         log.info("final metrics: %s", ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())))

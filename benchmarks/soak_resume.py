@@ -2,6 +2,7 @@
 count how many runs end bit-identical to one uninterrupted run.
 
     python benchmarks/soak_resume.py                      # 20 cycles, the embedded dDPO default
+    python benchmarks/soak_resume.py --experiment sft     # the embedded dSFT default (packed rows)
     python benchmarks/soak_resume.py --cycles 5 --kills 2 -- trainer.max_epochs=1 +model.config_overrides.attention_dropout=0.1
 
 Each cycle starts a fresh run folder, SIGKILLs the process once the run has finished a randomly drawn
@@ -35,14 +36,16 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE = [
-    "+experiment=dpo", "logger=csv", "~callbacks.sample_generation", "~callbacks.hf_export", "optimized_metric=null",
+    "logger=csv", "~callbacks.sample_generation", "~callbacks.hf_export", "optimized_metric=null",
     "+callbacks.record._target_=zephyr_lightning.callbacks.BatchRecord",
 ]
+EXPERIMENT = "dpo"
 
 
 def _command(run_dir: Path, every_n: int, extra: list[str]) -> list[str]:
-    return [sys.executable, "train.py", *BASE, f"hydra.run.dir={run_dir}", f"+callbacks.record.path={run_dir}/batches.jsonl",
-            f"callbacks.model_checkpoint.every_n_train_steps={every_n}", *extra]
+    return [sys.executable, "train.py", f"+experiment={EXPERIMENT}", *BASE, f"hydra.run.dir={run_dir}",
+            f"+callbacks.record.path={run_dir}/batches.jsonl", f"callbacks.model_checkpoint.every_n_train_steps={every_n}",
+            *extra]
 
 
 def _env() -> dict[str, str]:
@@ -97,6 +100,7 @@ def _steps(run_dir: Path) -> dict[int, list[str]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--experiment", default="dpo", choices=["dpo", "sft"])
     parser.add_argument("--cycles", type=int, default=20)
     parser.add_argument("--kills", type=int, default=1, help="SIGKILLs (and resumptions) per cycle")
     parser.add_argument("--every-n", type=int, default=10, help="checkpoint every N optimizer steps")
@@ -104,6 +108,8 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None, help="default: a temporary folder, removed at the end")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run (after --)")
     args = parser.parse_args()
+    global EXPERIMENT
+    EXPERIMENT = args.experiment
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="soak_resume-"))
     workdir.mkdir(parents=True, exist_ok=True)

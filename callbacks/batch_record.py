@@ -18,6 +18,10 @@ class BatchRecord(L.Callback):
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self._step_at_batch_start = 0
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        self._step_at_batch_start = trainer.global_step
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -25,7 +29,7 @@ class BatchRecord(L.Callback):
         if not trainer.is_global_zero or not isinstance(batch, dict):
             return
         record = {
-            "step": trainer.global_step,
+            "step": self._step_at_batch_start + 1,  # every micro-batch of an accumulated step says the same
             "epoch": trainer.current_epoch,
             "batch_idx": batch_idx,
             "prompt_ids": list(batch.get("prompt_id", [])),

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
+from lightning.fabric.utilities.cloud_io import _is_local_file_protocol, get_filesystem
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 
@@ -52,4 +52,8 @@ class SafeCheckpointIO(TorchCheckpointIO):
                 f"{path}: SafeCheckpointIO loads checkpoints with weights_only=True only (plain data and tensors); "
                 "a checkpoint that needs pickled objects must not be trusted"
             )
-        return super().load_checkpoint(path, map_location=map_location, weights_only=True)
+        fs = get_filesystem(path)
+        if not fs.exists(path):
+            raise FileNotFoundError(f"Checkpoint file not found: {path}")
+        with fs.open(path, "rb") as f:
+            return torch.load(f, map_location=map_location, weights_only=True)
