@@ -3,11 +3,16 @@
     python train.py +experiment=dpo                  # dDPO on the embedded default
     python train.py +experiment=sft                  # dSFT on the embedded default
     python train.py +experiment=dpo model=zephyr_7b_sft data=ultrafeedback trainer=gpu strategy=fsdp
+    python train.py +experiment=dpo hydra.run.dir=DIR resume=true   # continue DIR's newest checkpoint
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
+import sys
+import warnings
+from pathlib import Path
 from typing import Any
 
 import hydra
@@ -15,11 +20,14 @@ import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from zephyr_lightning.loggers import announce_offline_run, finish_wandb_run
+from zephyr_lightning.resume import resolve_ckpt_path
+from zephyr_lightning.secrets import redact, redact_text, redact_yaml_files
 from zephyr_lightning.sweeps.trials import (
     COMPLETED,
     FAILED,
@@ -29,6 +37,7 @@ from zephyr_lightning.sweeps.trials import (
     optimized_value,
     write_result,
 )
+from zephyr_lightning.validation import check_config
 
 log = logging.getLogger("train")
 
@@ -40,6 +49,14 @@ def _instantiate_group(group: DictConfig | None) -> list[Any]:
     return [instantiate(node) for node in group.values() if node is not None and "_target_" in node]
 
 
+def _checkpoint_dir(callbacks: list[Any], cfg: DictConfig) -> Path:
+    """Where this run's checkpoints go (and where `resume` looks)."""
+    for callback in callbacks:
+        if isinstance(callback, ModelCheckpoint) and callback.dirpath:
+            return Path(callback.dirpath)
+    return Path(cfg.paths.output_dir) / "checkpoints"
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Run one training job from a composed config; return the final logged metrics.
 
@@ -48,21 +65,30 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """
     if cfg.get("module") is None:
         raise ValueError("no `module` in the config: choose a stage with +experiment=dpo or +experiment=sft")
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    check_config(plain)  # every bad value at once, before a tokenizer, data set or model is loaded
     L.seed_everything(cfg.seed, workers=True)
 
+    callbacks = _instantiate_group(cfg.get("callbacks"))
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.get("resume", False), _checkpoint_dir(callbacks, cfg))
+    if ckpt_path is not None:  # a resumed run writes into its own checkpoint folder: that is expected
+        warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
     try:
         datamodule = instantiate(cfg.data, _convert_="all")
         module = instantiate(cfg.module, _convert_="all")
-        callbacks = _instantiate_group(cfg.get("callbacks"))
         loggers = _instantiate_group(cfg.get("logger"))
         trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
+        hyperparameters = redact(plain)  # what loggers (and so W&B's config) receive: no credentials
         for logger in loggers:
-            logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+            logger.log_hyperparams(hyperparameters)
             if isinstance(logger, WandbLogger) and trainer.is_global_zero:
                 announce_offline_run(logger)
 
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        # weights_only: a checkpoint holds tensors and plain data only; loading never runs pickled code
+        # (Lightning < 2.5 has no such argument; SafeCheckpointIO in conf/trainer enforces it there too).
+        safe = {"weights_only": True} if "weights_only" in inspect.signature(trainer.fit).parameters else {}
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, **safe)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
         if trainer.is_global_zero:
             log.info("final metrics: %s", ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())))
@@ -84,6 +110,20 @@ def _record(cfg: DictConfig, result: TrialResult) -> None:
         write_result(cfg.paths.output_dir, result)
 
 
+def _redact_hydra_outputs() -> None:
+    """Hydra has written the config and the command line (``.hydra/``, ``multirun.yaml``) before
+    calling `main`; blank any credential a user put there, and in ``sys.argv`` (W&B records it)."""
+    hydra_cfg = HydraConfig.get()
+    folders = []
+    if hydra_cfg.output_subdir is not None:
+        folders.append(Path(hydra_cfg.runtime.output_dir) / hydra_cfg.output_subdir)
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        folders.append(Path(hydra_cfg.sweep.dir))
+    for folder in folders:
+        redact_yaml_files(folder)
+    sys.argv[:] = [redact_text(arg) for arg in sys.argv]
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Train; return the value of `optimized_metric` for a sweeper, or None when the run failed.
@@ -94,6 +134,7 @@ def main(cfg: DictConfig) -> float | None:
     run re-raises (exit code 1: W&B's agent marks the run failed). None and not NaN: Optuna 2.10, under
     hydra-optuna-sweeper 1.3, raises on a NaN value, which would end the whole sweep.
     """
+    _redact_hydra_outputs()
     hydra_cfg = HydraConfig.get()
     wandb_cfg = OmegaConf.select(cfg, "logger.wandb")
     result = TrialResult(

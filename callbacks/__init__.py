@@ -1,7 +1,23 @@
 """Lightning callbacks, installed as ``zephyr_lightning.callbacks``."""
 
+from zephyr_lightning.callbacks.batch_record import BatchRecord
+from zephyr_lightning.callbacks.data_summary import DataSummary
 from zephyr_lightning.callbacks.hf_export import HFExport
+from zephyr_lightning.callbacks.nonfinite import NonFiniteError, NonFiniteGuard
+from zephyr_lightning.callbacks.preemption import Preempted, PreemptionCheckpoint
+from zephyr_lightning.callbacks.random_state import RandomStateCheckpoint
 from zephyr_lightning.callbacks.sample_generation import SampleGeneration
 from zephyr_lightning.callbacks.throughput import TokenThroughput
 
-__all__ = ["HFExport", "SampleGeneration", "TokenThroughput"]
+__all__ = [
+    "BatchRecord",
+    "DataSummary",
+    "HFExport",
+    "NonFiniteError",
+    "NonFiniteGuard",
+    "Preempted",
+    "PreemptionCheckpoint",
+    "RandomStateCheckpoint",
+    "SampleGeneration",
+    "TokenThroughput",
+]

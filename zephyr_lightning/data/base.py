@@ -1,5 +1,6 @@
 """What the SFT and preference DataModules share: loading splits, tokenizing rows with `datasets.map`
-(cached, optionally in parallel), counting and skipping bad or over-long rows, and the loaders."""
+(cached, optionally in parallel), counting and skipping bad or over-long rows, and the loaders (the
+training loader resumes mid-epoch exactly; see `zephyr_lightning.data.resumable`)."""
 
 from __future__ import annotations
 
@@ -9,16 +10,19 @@ from typing import Any
 
 import datasets
 import lightning as L
+import torch
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
 from zephyr_lightning.data.chat import BadRowError
-from zephyr_lightning.data.sources import load_split
+from zephyr_lightning.data.resumable import ResumableDataLoader
+from zephyr_lightning.data.sources import BadLine, load_split_report
 from zephyr_lightning.models import ModelSpec, load_tokenizer
 
 log = logging.getLogger(__name__)
 
-ON_TOO_LONG = ("truncate", "drop")
+# `error` makes an over-long row a bad row, so that `on_bad_row` decides: stop naming it, or skip it.
+ON_TOO_LONG = ("truncate", "drop", "error")
 ON_BAD_ROW = ("error", "skip")
 KEPT = ("ok", "truncated")
 
@@ -92,6 +96,7 @@ class ChatDataModule(L.LightningDataModule):
         max_val_samples: int | None = None,
         name: str | None = None,
         cache_dir: str | None = None,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         if on_too_long not in ON_TOO_LONG:
@@ -112,10 +117,15 @@ class ChatDataModule(L.LightningDataModule):
         self.max_samples = {"train": max_train_samples, "val": max_val_samples}
         self.name = name
         self.cache_dir = cache_dir
+        self.seed = seed
         self.collator: Any = None
         self.datasets: dict[str, datasets.Dataset] = {}
         # Per split: how many rows were kept, truncated, dropped or skipped (and why).
         self.stats: dict[str, Counter] = {}
+        # Per split: lines of a local file that could not be read (skipped with on_bad_row=skip).
+        self.unreadable: dict[str, list[BadLine]] = {}
+        self._train_loader: ResumableDataLoader | None = None
+        self._train_loader_state: dict[str, Any] | None = None
 
     def row_tokenizer(self, split: str) -> RowTokenizer:
         raise NotImplementedError
@@ -128,7 +138,11 @@ class ChatDataModule(L.LightningDataModule):
         split = self.splits[stage]
         if split is None:
             return None
-        raw = load_split(self.path, split, name=self.name, cache_dir=self.cache_dir)
+        loaded = load_split_report(
+            self.path, split, name=self.name, cache_dir=self.cache_dir, on_bad_line=self.on_bad_row
+        )
+        self.unreadable[stage] = loaded.bad_lines
+        raw = loaded.rows
         if self.max_samples[stage] is not None:
             raw = raw.select(range(min(self.max_samples[stage], len(raw))))
         return raw.map(
@@ -154,6 +168,8 @@ class ChatDataModule(L.LightningDataModule):
             if data is None:
                 continue
             statuses = Counter(data["status"])
+            for line in self.unreadable.get(key, []):
+                statuses[f"bad: {line.kind}"] += 1
             self.stats[key] = statuses
             kept = data.filter(lambda s: s in KEPT, input_columns="status")
             if len(kept) == 0:
@@ -179,20 +195,69 @@ class ChatDataModule(L.LightningDataModule):
             f" ({limits})" if limits else "",
         )
 
-    def _loader(self, dataset: Any, batch_size: int, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            shuffle=shuffle,
+    def summary(self) -> dict[str, dict[str, Any]]:
+        """Per split: rows read, used, truncated, dropped (by reason) and skipped as bad (by reason)."""
+        out: dict[str, dict[str, Any]] = {}
+        for key, statuses in self.stats.items():
+            out[key] = {
+                "source": self.path,
+                "split": self.splits[key],
+                "rows": sum(statuses.values()),
+                "used": sum(statuses[s] for s in KEPT),
+                "truncated": statuses["truncated"],
+                "dropped": {s.split(": ", 1)[1]: n for s, n in statuses.items() if s.startswith("dropped: ")},
+                "skipped_bad": {s.split(": ", 1)[1]: n for s, n in statuses.items() if s.startswith("bad: ")},
+                "unreadable_lines": [str(line) for line in self.unreadable.get(key, [])],
+            }
+        return out
+
+    def _world(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 1, 0
+        return trainer.world_size, trainer.global_rank
+
+    def state_dict(self) -> dict[str, Any]:
+        # The training loader's position, saved with every checkpoint. Lightning also keeps the state of a
+        # stateful loader itself, but applies it only to loaders created after the checkpoint is read, and
+        # `trainer.estimated_stepping_batches` (the LR schedule's length) creates the loader before that.
+        # A DataModule's state is read back first, so `train_dataloader` can apply it in time.
+        if self._train_loader is None:
+            return {}
+        return {"train_loader": self._train_loader.state_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._train_loader_state = state_dict.get("train_loader")
+
+    def train_dataloader(self) -> DataLoader:
+        num_replicas, rank = self._world()
+        loader = ResumableDataLoader(
+            self.datasets["train"],
+            batch_size=self.batch_size,
+            seed=self.seed,
+            shuffle=True,
+            num_replicas=num_replicas,
+            rank=rank,
             collate_fn=self.collator,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.datasets["train"], self.batch_size, shuffle=True)
+        if self._train_loader_state is not None:
+            loader.load_state_dict(self._train_loader_state)
+            self._train_loader_state = None
+        self._train_loader = loader
+        return loader
 
     def val_dataloader(self) -> DataLoader | list:
         if "val" not in self.datasets:
             return []
-        return self._loader(self.datasets["val"], self.eval_batch_size, shuffle=False)
+        return DataLoader(
+            self.datasets["val"],
+            batch_size=self.eval_batch_size,
+            shuffle=False,
+            collate_fn=self.collator,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            # Not the global generator (see ResumableDataLoader): validation must not shift dropout masks.
+            generator=torch.Generator().manual_seed(self.seed),
+        )

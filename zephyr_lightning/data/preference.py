@@ -44,8 +44,8 @@ class PreferenceTokenizer(RowTokenizer):
 
     def tokenize_row(self, row: dict[str, Any], where: str) -> tuple[dict[str, Any], str]:
         for key in ("chosen", "rejected"):
-            if key not in row:
-                raise BadRowError(f"{where}: missing column {key!r}")
+            if row.get(key) is None:  # a JSON-lines row without the key reads as null
+                raise BadRowError(f"{where}: no {key!r} (missing or null)")
         chosen = validate_messages(row["chosen"], where=f"{where} (chosen)", final_assistant=True)
         rejected = validate_messages(row["rejected"], where=f"{where} (rejected)", final_assistant=True)
         if chosen[:-1] != rejected[:-1]:
@@ -59,12 +59,19 @@ class PreferenceTokenizer(RowTokenizer):
         prompt, chosen_ids, rejected_ids = pc.prompt_ids, pc.completion_ids, pr.completion_ids
         status = "ok"
         if len(prompt) > self.max_prompt_length:
+            if self.on_too_long == "error":
+                raise BadRowError(
+                    f"{where}: the prompt has {len(prompt)} tokens, more than max_prompt_length={self.max_prompt_length}"
+                )
             if self.on_too_long == "drop":
                 return self.placeholder(row), "dropped: prompt longer than max_prompt_length"
             prompt = prompt[-self.max_prompt_length :]  # keep the end: the question nearest the answer
             status = "truncated"
         room = self.max_length - len(prompt)
         if max(len(chosen_ids), len(rejected_ids)) > room:
+            if self.on_too_long == "error":
+                longest = len(prompt) + max(len(chosen_ids), len(rejected_ids))
+                raise BadRowError(f"{where}: prompt + completion has {longest} tokens, more than max_length={self.max_length}")
             if self.on_too_long == "drop":
                 return self.placeholder(row), "dropped: longer than max_length"
             chosen_ids, rejected_ids = chosen_ids[:room], rejected_ids[:room]
@@ -88,7 +95,8 @@ class PreferenceDataModule(ChatDataModule):
         train_split, val_split: split names (``val_split=None``: no validation).
         max_length: longest prompt + completion, in tokens.
         max_prompt_length: longest prompt; longer prompts keep their end.
-        on_too_long: ``truncate`` (counted) or ``drop`` (counted) rows over the limits.
+        on_too_long: ``truncate`` (counted), ``drop`` (counted) or ``error`` (a bad row: ``on_bad_row``
+            decides) for rows over the limits.
         on_bad_row: ``error`` (stop, naming the row) or ``skip`` (counted) for malformed rows.
         batch_size: pairs per device per step; ``eval_batch_size`` defaults to it.
         num_proc: processes for tokenization (``datasets.map``); results are cached.
@@ -96,6 +104,7 @@ class PreferenceDataModule(ChatDataModule):
         packing: lay each batch's chosen and rejected sequences end to end in one row (no padding; the
             same losses as padding). Pair it with ``model.attn_implementation=varlen`` or
             ``flash_attention_2`` on GPU; on CPU sdpa handles it with a block-diagonal mask.
+        seed: the training shuffle (epoch ``e`` uses ``seed + e``; the order resumes exactly mid-epoch).
         pad_to_multiple_of: round the padded length up (tensor-core friendly shapes on GPU).
         name: hub configuration name; cache_dir: datasets cache.
     """

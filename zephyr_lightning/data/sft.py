@@ -44,8 +44,8 @@ class SFTTokenizer(RowTokenizer):
         return {"prompt_id": self._prompt_id(row), "input_ids": [], "loss_mask": [], "length": 0}
 
     def tokenize_row(self, row: dict[str, Any], where: str) -> tuple[dict[str, Any], str]:
-        if "messages" not in row:
-            raise BadRowError(f"{where}: missing column 'messages'")
+        if row.get("messages") is None:  # a JSON-lines row without the key reads as null
+            raise BadRowError(f"{where}: no 'messages' (missing or null)")
         messages = validate_messages(row["messages"], where=where)
         if not any(m["role"] == "assistant" for m in messages):
             raise BadRowError(f"{where}: the dialogue has no assistant turn to learn from")
@@ -54,6 +54,8 @@ class SFTTokenizer(RowTokenizer):
         mask = chat.assistant_mask if self.loss_on == "assistant" else [1] * len(ids)
         status = "ok"
         if len(ids) > self.max_length:
+            if self.on_too_long == "error":
+                raise BadRowError(f"{where}: the dialogue has {len(ids)} tokens, more than max_length={self.max_length}")
             if self.on_too_long == "drop":
                 return self.placeholder(row), "dropped: longer than max_length"
             ids, mask = ids[: self.max_length], mask[: self.max_length]
@@ -86,13 +88,14 @@ class SFTDataModule(ChatDataModule):
             ``<split>.jsonl``/``.json``/``.parquet``), or ``builtin:tiny_chat``.
         tokenizer: a tokenizer, or the model spec / name to load one from.
         train_split, val_split: split names (ultrachat_200k: ``train_sft``, ``test_sft``).
-        max_length: longest dialogue in tokens (longer ones are cut, or dropped with ``on_too_long=drop``),
-            and the capacity of a packed row.
+        max_length: longest dialogue in tokens (longer ones are cut, dropped with ``on_too_long=drop``, or
+            bad rows with ``on_too_long=error``), and the capacity of a packed row.
         loss_on: ``assistant`` (assistant turns and their end tokens) or ``all`` (every token).
         packing: several dialogues per row without padding; ``batch_size`` then counts rows.
         packing_strategy: ``best_fit_decreasing``, ``first_fit_decreasing`` or ``first_fit``.
         on_bad_row: ``error`` (naming the prompt_id) or ``skip`` (counted) for malformed dialogues.
-        seed: the shuffle used to estimate padding without packing, for the log.
+        seed: the training shuffle (epoch ``e`` uses ``seed + e``), also used to estimate padding without
+            packing for the log.
         Other arguments as in `PreferenceDataModule`.
     """
 
@@ -117,12 +120,11 @@ class SFTDataModule(ChatDataModule):
             raise ValueError(f"data.packing_strategy={packing_strategy!r} is not one of {list(STRATEGIES)}")
         if max_length < 2:
             raise ValueError(f"data.max_length must be >= 2, got {max_length}")
-        super().__init__(path, tokenizer, train_split=train_split, val_split=val_split, **kwargs)
+        super().__init__(path, tokenizer, train_split=train_split, val_split=val_split, seed=seed, **kwargs)
         self.max_length = max_length
         self.loss_on = loss_on
         self.packing = packing
         self.packing_strategy = packing_strategy
-        self.seed = seed
         self.collator = SFTCollator(self.tokenizer.pad_token_id, pad_to_multiple_of=pad_to_multiple_of)
         self.padding: dict[str, dict[str, float]] = {}
 

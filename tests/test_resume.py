@@ -1,0 +1,217 @@
+"""Exact resume: a run SIGKILLed mid-epoch and resumed ends with the weights of an uninterrupted run and
+sees every example exactly as often; pre-emption signals save and stop; resume finds the checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from torch.utils.data import Dataset
+
+from tests.helpers import compose
+from train import train
+from zephyr_lightning.callbacks import Preempted
+from zephyr_lightning.data.resumable import ResumableDataLoader
+from zephyr_lightning.resume import (
+    capture_random_state,
+    find_latest_checkpoint,
+    resolve_ckpt_path,
+    restore_random_state,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+# 24 pairs in batches of 4: 6 steps per epoch, 2 epochs; validation twice per epoch; a checkpoint every
+# 2 steps; dropout on, so the global random state must be restored too.
+SMALL_RUN = [
+    "+experiment=dpo", "logger=csv", "+data.max_train_samples=24", "data.batch_size=4", "+data.max_val_samples=4",
+    "data.eval_batch_size=4", "trainer.max_epochs=2", "trainer.val_check_interval=0.5",
+    "~callbacks.sample_generation", "~callbacks.hf_export", "callbacks.model_checkpoint.every_n_train_steps=2",
+    "+model.config_overrides.attention_dropout=0.2",
+]
+RECORD = ["+callbacks.record._target_=zephyr_lightning.callbacks.BatchRecord"]
+
+
+def _start(run_dir: Path, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    args = [sys.executable, "train.py", *SMALL_RUN, f"hydra.run.dir={run_dir}", *RECORD,
+            f"+callbacks.record.path={run_dir}/batches.jsonl", *extra]
+    return subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _records(run_dir: Path) -> list[dict]:
+    path = run_dir / "batches.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _finish(proc: subprocess.Popen) -> None:
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr[-3000:]
+
+
+def _kill_after_step(proc: subprocess.Popen, run_dir: Path, step: int, signum: int) -> None:
+    deadline = time.monotonic() + 300
+    while not any(r["step"] >= step for r in _records(run_dir)):
+        assert proc.poll() is None, f"the run ended before step {step}: {proc.stderr.read()[-3000:]}"
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    proc.send_signal(signum)
+    proc.communicate(timeout=300)
+
+
+def _state(run_dir: Path) -> dict:
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+
+
+def test_sigkilled_run_resumes_to_the_same_weights_and_data(tmp_path):
+    uninterrupted, interrupted = tmp_path / "a", tmp_path / "b"
+    _finish(_start(uninterrupted))
+
+    first = _start(interrupted)
+    _kill_after_step(first, interrupted, 3, signal.SIGKILL)  # mid-epoch 0, between checkpoints or not
+    assert first.returncode == -signal.SIGKILL
+    killed_at = max(r["step"] for r in _records(interrupted))
+    resumed_from = torch.load(find_latest_checkpoint(interrupted / "checkpoints"), weights_only=True)["global_step"]
+    assert 2 <= resumed_from <= killed_at < 12
+    _finish(_start(interrupted, "resume=true"))
+
+    a, b = _state(uninterrupted), _state(interrupted)
+    assert a["global_step"] == b["global_step"] == 12
+    difference = max((a["state_dict"][k] - b["state_dict"][k]).abs().max().item() for k in a["state_dict"])
+    assert difference < 1e-6, difference
+    moments = [(s["exp_avg"], t["exp_avg"]) for s, t in zip(a["optimizer_states"][0]["state"].values(),
+                                                           b["optimizer_states"][0]["state"].values())]
+    assert max((x - y).abs().max().item() for x, y in moments) < 1e-6
+    assert a["lr_schedulers"][0]["last_epoch"] == b["lr_schedulers"][0]["last_epoch"] == 12
+
+    # The data each step saw: the resumed run's records replace the killed run's for the steps it redid.
+    baseline = {r["step"]: r["prompt_ids"] for r in _records(uninterrupted)}
+    merged: dict[int, list[str]] = {}
+    for r in _records(interrupted):
+        merged[r["step"]] = r["prompt_ids"]
+    assert merged == baseline
+    seen = Counter(pid for ids in merged.values() for pid in ids)
+    assert len(seen) == 24 and set(seen.values()) == {2}  # every pair exactly once per epoch
+
+
+class _SignalAtStep(L.Callback):
+    """Sends this process a signal while step ``step`` is running, as a cluster would."""
+
+    def __init__(self, step: int, signum: int) -> None:
+        self.step, self.signum = step, signum
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step - 1:
+            os.kill(os.getpid(), self.signum)
+
+
+def _signal_at(step: int, signum: int) -> list[str]:
+    return ["+callbacks.signal._target_=tests.test_resume._SignalAtStep", f"+callbacks.signal.step={step}",
+            f"+callbacks.signal.signum={int(signum)}"]
+
+
+def test_preemption_signals_save_the_step_and_stop(tmp_path):
+    one_epoch = [o for o in SMALL_RUN[:-1] if not o.startswith(("trainer.max_epochs", "trainer.val_check_interval"))]
+    one_epoch.append("trainer.max_epochs=1")
+    handlers_before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1)}
+    for resume, step, signum in ((False, 3, signal.SIGUSR1), (True, 5, signal.SIGTERM)):
+        with pytest.raises(Preempted) as stop:
+            train(compose([*one_epoch, f"resume={resume}", *_signal_at(step, signum)], tmp_path))
+        assert stop.value.code == 128 + signum and stop.value.step == step
+        assert _state(tmp_path)["global_step"] == step  # the step under way finished and was saved
+        assert {s: signal.getsignal(s) for s in handlers_before} == handlers_before  # handlers given back
+    assert not (tmp_path / "hf").exists()
+
+    train(compose([*one_epoch, "resume=true"], tmp_path))
+    assert _state(tmp_path)["global_step"] == 6
+
+
+class _Rows(Dataset):
+    def __len__(self) -> int:
+        return 10
+
+    def __getitem__(self, index: int) -> int:
+        return index
+
+
+def _batches(loader, epoch: int, count: int | None = None) -> list[list[int]]:
+    loader.sampler.set_epoch(epoch)
+    out = []
+    for batch in loader:
+        out.append(batch.tolist())
+        if count is not None and len(out) == count:
+            break
+    return out
+
+
+def test_loader_resumes_mid_epoch_in_the_same_order():
+    full = [_batches(ResumableDataLoader(_Rows(), batch_size=3, seed=5), epoch) for epoch in (0, 1)]
+    assert full[0] != full[1] and sorted(sum(full[0], [])) == list(range(10))
+
+    loader = ResumableDataLoader(_Rows(), batch_size=3, seed=5)
+    assert _batches(loader, 1, count=2) == full[1][:2]
+    state = loader.state_dict()
+    assert (state["epoch"], state["batches"], state["epoch_batches"]) == (1, 2, 4)
+
+    fresh = ResumableDataLoader(_Rows(), batch_size=3, seed=5)
+    fresh.load_state_dict(state)
+    assert _batches(fresh, 1) == full[1][2:]  # the rest of epoch 1, nothing repeated or lost
+    assert _batches(fresh, 2) == _batches(ResumableDataLoader(_Rows(), batch_size=3, seed=5), 2)
+
+    moved_on = ResumableDataLoader(_Rows(), batch_size=3, seed=5)
+    moved_on.load_state_dict(state)
+    assert _batches(moved_on, 2) == _batches(ResumableDataLoader(_Rows(), batch_size=3, seed=5), 2)
+
+
+def test_loader_refuses_a_changed_layout_mid_epoch():
+    loader = ResumableDataLoader(_Rows(), batch_size=3, seed=5)
+    _batches(loader, 0, count=1)
+    with pytest.raises(ValueError, match=r"batch_size 3 -> 2"):
+        ResumableDataLoader(_Rows(), batch_size=2, seed=5).load_state_dict(loader.state_dict())
+    _batches(loader, 0)  # a finished epoch: any layout may follow
+    ResumableDataLoader(_Rows(), batch_size=2, seed=5).load_state_dict(loader.state_dict())
+
+
+def test_random_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
+    import random
+
+    import numpy as np
+
+    state = capture_random_state()
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    torch.save({"state": state}, tmp_path / "rng.pt")
+    restore_random_state(torch.load(tmp_path / "rng.pt", weights_only=True)["state"])
+    assert torch.equal(torch.rand(3), expected[0])
+    assert np.array_equal(np.random.rand(3), expected[1]) and random.random() == expected[2]
+
+
+def test_resolve_ckpt_path(tmp_path):
+    folder = tmp_path / "checkpoints"
+    assert resolve_ckpt_path(None, False, folder) is None
+    with pytest.raises(FileNotFoundError, match=rf"resume=true: no checkpoint in {folder}"):
+        resolve_ckpt_path(None, True, folder)
+    with pytest.raises(FileNotFoundError, match=rf"ckpt_path=last: no checkpoint in {folder}"):
+        resolve_ckpt_path("last", False, folder)
+    assert resolve_ckpt_path(None, "auto", folder) is None
+    folder.mkdir()
+    older, newer = folder / "epoch00-step000002.ckpt", folder / "last.ckpt"
+    older.write_bytes(b"a")
+    newer.write_bytes(b"b")
+    os.utime(older, (1, 1))
+    (folder / ".last.ckpt.partial-123").write_bytes(b"half")  # an interrupted write is never chosen
+    assert resolve_ckpt_path(None, True, folder) == str(newer)
+    assert resolve_ckpt_path("last", False, folder) == str(newer)
+    assert resolve_ckpt_path(None, "auto", folder) == str(newer)
+    assert resolve_ckpt_path(str(older), False, folder) == str(older)
+    with pytest.raises(ValueError, match="both choose a checkpoint"):
+        resolve_ckpt_path(str(older), True, folder)
+    with pytest.raises(FileNotFoundError, match="no such checkpoint"):
+        resolve_ckpt_path(str(folder / "nope.ckpt"), False, folder)

@@ -1,0 +1,165 @@
+"""Safe files: checkpoints never run pickled code and are written atomically, exports are never half
+written under their real name, remote code runs only when asked, and no API key reaches anything a run writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.helpers import CONF_DIR, compose
+from train import train
+from zephyr_lightning.checkpoint_io import SafeCheckpointIO
+from zephyr_lightning.export import export_checkpoint, export_hf
+from zephyr_lightning.models import ModelSpec, build_tiny_mistral, load_causal_lm
+from zephyr_lightning.secrets import REDACTED, is_secret_key, redact
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class _Payload:
+    """Unpickling this creates a file: the stand-in for arbitrary code in a tampered checkpoint."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+@pytest.fixture
+def tampered_checkpoint(tmp_path):
+    marker = tmp_path / "payload-ran"
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    path.parent.mkdir()
+    torch.save({"state_dict": {}, "global_step": 0, "evil": _Payload(marker)}, path)
+    return path, marker
+
+
+def test_tampered_checkpoint_never_runs_its_payload(tmp_path, tampered_checkpoint):
+    path, marker = tampered_checkpoint
+    with pytest.raises(pickle.UnpicklingError):
+        SafeCheckpointIO().load_checkpoint(path)
+    with pytest.raises(ValueError, match="weights_only=True only"):
+        SafeCheckpointIO().load_checkpoint(path, weights_only=False)
+    with pytest.raises(pickle.UnpicklingError):
+        export_checkpoint(path, tmp_path / "export")
+    # The training app resuming from it (resume=true finds it as the newest checkpoint).
+    with pytest.raises(pickle.UnpicklingError):
+        train(compose(["+experiment=dpo", "logger=csv", "+data.max_train_samples=8", "resume=true"], tmp_path))
+    assert not marker.exists()
+    torch.load(path, weights_only=False)  # the payload is real: unrestricted loading runs it
+    assert marker.exists()
+
+
+def test_checkpoint_write_is_all_or_nothing(tmp_path, monkeypatch):
+    io = SafeCheckpointIO()
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    io.save_checkpoint({"global_step": 1, "w": torch.ones(3)}, path)
+
+    def crash_midway(obj, f, *args, **kwargs):
+        f.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash_midway)
+    with pytest.raises(OSError, match="disk full"):
+        io.save_checkpoint({"global_step": 2, "w": torch.zeros(3)}, path)
+    monkeypatch.undo()
+    assert os.listdir(path.parent) == ["last.ckpt"]  # no partial file left, the old one intact
+    assert io.load_checkpoint(path)["global_step"] == 1
+
+
+def test_export_crash_leaves_no_folder_that_looks_complete(tmp_path, tokenizer, monkeypatch):
+    model = build_tiny_mistral()
+    out = tmp_path / "hf"
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("killed while writing the tokenizer")
+
+    monkeypatch.setattr(type(tokenizer), "save_pretrained", crash)
+    with pytest.raises(RuntimeError, match="killed"):
+        export_hf(model, tokenizer, out)
+    assert os.listdir(tmp_path) == []  # neither hf/ nor a staging folder
+
+    monkeypatch.undo()
+    export_hf(model, tokenizer, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    monkeypatch.setattr(type(tokenizer), "save_pretrained", crash)
+    with pytest.raises(RuntimeError):
+        export_hf(build_tiny_mistral(seed=3), tokenizer, out)
+    assert os.listdir(tmp_path) == ["hf"]
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the previous export, untouched
+
+
+def test_remote_code_runs_only_when_trusted(tmp_path):
+    folder = tmp_path / "model"
+    build_tiny_mistral().save_pretrained(folder)
+    config = json.loads((folder / "config.json").read_text())
+    config.update(model_type="evil_mistral", auto_map={"AutoConfig": "evil.EvilConfig", "AutoModelForCausalLM": "evil.EvilModel"})
+    (folder / "config.json").write_text(json.dumps(config))
+    marker = tmp_path / "remote-code-ran"
+    (folder / "evil.py").write_text(
+        f"open({str(marker)!r}, 'w').close()\n"
+        "from transformers import MistralConfig, MistralForCausalLM\n"
+        "class EvilConfig(MistralConfig):\n    model_type = 'evil_mistral'\n"
+        "class EvilModel(MistralForCausalLM):\n    config_class = EvilConfig\n"
+    )
+    assert ModelSpec(str(folder)).trust_remote_code is False
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        load_causal_lm(ModelSpec(str(folder)))
+    assert not marker.exists()
+    load_causal_lm(ModelSpec(str(folder), trust_remote_code=True))  # only when the user says so
+    assert marker.exists()
+
+
+@pytest.mark.parametrize("model", sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml")))
+def test_shipped_model_configs_do_not_trust_remote_code(model, tmp_path):
+    assert compose([f"model={model}"], tmp_path).model.trust_remote_code is False
+
+
+def test_secret_keys_are_recognised():
+    for key in ("api_key", "judge.api_key", "OPENAI_API_KEY", "hf_token", "token", "password", "client_secret"):
+        assert is_secret_key(key), key
+    for key in ("pad_token", "eos_token", "max_new_tokens", "monitor", "key", "tokenizer_name_or_path"):
+        assert not is_secret_key(key), key
+    assert redact({"judge": {"api_key": "sk-1", "model": "gpt-4"}, "argv": ["+judge.api_key=sk-1"]}, []) == {
+        "judge": {"api_key": REDACTED, "model": "gpt-4"}, "argv": [f"+judge.api_key={REDACTED}"]}
+    assert redact("a=1,+judge.api_key=sk-1,judge.model=x", []) == f"a=1,+judge.api_key={REDACTED},judge.model=x"
+    assert redact({"note": "uses sk-env-secret-1"}, ["sk-env-secret-1"]) == {"note": f"uses {REDACTED}"}
+
+
+def test_no_api_key_reaches_any_file_the_run_writes(tmp_path):
+    secrets = {
+        "WANDB_API_KEY": "wandbkey" + "7" * 32,
+        "OPENAI_API_KEY": "sk-judgekey-0123456789abcdef",
+        "JUDGE_API_KEY": "judgekey-fedcba9876543210",
+        "HF_TOKEN": "hf_tokenvalue0123456789",
+    }
+    literal = "sk-literal-on-the-command-line-42"
+    wandb_dirs = {name: tmp_path / name.lower() for name in ("WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR")}
+    env = {**os.environ, **secrets, **{k: str(v) for k, v in wandb_dirs.items()},
+           "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    run_dir = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "train.py", "+experiment=dpo", f"hydra.run.dir={run_dir}", "logger=wandb",
+         "logger.wandb.offline=true", "trainer.max_steps=2", "+data.max_train_samples=8", "+data.max_val_samples=4",
+         "callbacks.sample_generation.max_new_tokens=2", f"+judge.api_key={literal}", "+judge.model=gpt-4"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    files = [p for folder in (run_dir, *wandb_dirs.values()) for p in folder.rglob("*") if p.is_file()]
+    records = [p.read_bytes() for p in files if p.suffix == ".wandb"]
+    assert records and b"gpt-4" in records[0]  # the config (and command line) reached W&B, redacted
+    texts = {str(p): p.read_bytes() for p in files}
+    texts["stdout"], texts["stderr"] = result.stdout.encode(), result.stderr.encode()
+    for value in (*secrets.values(), literal):
+        leaked = [name for name, data in texts.items() if value.encode() in data]
+        assert not leaked, f"{value} found in {leaked}"
+    assert f"+judge.api_key={REDACTED}" in (run_dir / ".hydra" / "overrides.yaml").read_text()
+    assert "gpt-4" in (run_dir / ".hydra" / "config.yaml").read_text()  # the rest of the config is kept
