@@ -140,7 +140,7 @@ def main(cfg: DictConfig) -> float | None:
     result = TrialResult(
         status=FAILED,
         optimized_metric=cfg.get("optimized_metric"),
-        overrides=list(hydra_cfg.overrides.task),
+        overrides=[redact_text(o) for o in hydra_cfg.overrides.task],  # no credentials in result.json
         wandb_group=wandb_cfg.get("group") if wandb_cfg is not None else None,
     )
     try:
@@ -148,7 +148,7 @@ def main(cfg: DictConfig) -> float | None:
         if result.optimized_metric:
             result.value = optimized_value(result.metrics, result.optimized_metric)
     except Exception as error:
-        result.error = f"{type(error).__name__}: {error}"
+        result.error = redact_text(f"{type(error).__name__}: {error}")
         result.metrics = result.metrics or getattr(error, "metrics", {})
         _record(cfg, result)
         if hydra_cfg.mode != RunMode.MULTIRUN:

@@ -186,7 +186,8 @@ def test_sweep_command_runs_as_the_agent_would(tmp_path):
     assert run.result.status == "completed" and math.isfinite(run.result.value)
     assert run.result.value == run.result.metrics["val/loss"]
     # What the module says it logs is exactly what a real run logged.
-    assert set(run.result.metrics) == set(SFTModule.logged_metrics())
+    # (plus the gradient norm that the non-finite guard callback logs)
+    assert set(run.result.metrics) - {"train/grad_norm"} == set(SFTModule.logged_metrics())
 
 
 def test_optuna_multirun_records_every_trial_and_survives_a_failed_one(tmp_path):
@@ -209,12 +210,13 @@ def test_optuna_multirun_records_every_trial_and_survives_a_failed_one(tmp_path)
 
     trials = dict(collect_trials(sweep_dir))
     assert list(trials) == ["0", "1", "2"]
-    assert trials["0"].status == "failed" and "data.batch_size must be >= 1, got 0" in trials["0"].error
+    # Config validation rejects it before anything loads, naming the key and the value.
+    assert trials["0"].status == "failed" and "data.batch_size=0" in trials["0"].error
     done = {name: trials[name] for name in ("1", "2")}
     for name, trial in done.items():
         assert trial.status == "completed" and trial.optimized_metric == "val/rewards/accuracies"
         assert trial.value == trial.metrics["val/rewards/accuracies"] and 0.0 <= trial.value <= 1.0
-        assert set(trial.metrics) == set(DPOModule.logged_metrics())
+        assert set(trial.metrics) - {"train/grad_norm"} == set(DPOModule.logged_metrics())
         # Each trial wrote its own outputs: nothing was overwritten.
         assert (sweep_dir / name / "checkpoints" / "last.ckpt").exists()
         assert (sweep_dir / name / "hf" / "model.safetensors").exists()
@@ -246,14 +248,26 @@ def test_diverged_training_is_an_error_and_ends_the_wandb_run(tmp_path):
 
     from train import train
 
+    # Without the non-finite guard (which would stop at the first bad step, see below), the final metrics
+    # are what reveal the divergence.
     cfg = compose(["+experiment=dpo", "optim.lr=1e30", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
-                   "trainer.limit_val_batches=1", "~callbacks.sample_generation", "~callbacks.hf_export"], tmp_path)
+                   "trainer.limit_val_batches=1", "~callbacks.sample_generation", "~callbacks.hf_export",
+                   "~callbacks.nonfinite_guard"], tmp_path)
     with pytest.raises(TrainingDiverged, match="training diverged: .*train/loss=nan") as caught:
         train(cfg)
     assert math.isnan(caught.value.metrics["val/loss"])
     # DPO's accuracy stays finite on NaN rewards: the losses, not the optimised metric, reveal the divergence.
     assert math.isfinite(caught.value.metrics["val/rewards/accuracies"])
     assert wandb.run is None  # the W&B run was finished, so the next trial of a multirun gets its own
+
+    from zephyr_lightning.callbacks.nonfinite import NonFiniteError
+
+    guarded = compose(["+experiment=dpo", "optim.lr=1e30", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
+                       "trainer.limit_val_batches=1", "~callbacks.sample_generation", "~callbacks.hf_export"],
+                      tmp_path / "guarded")
+    with pytest.raises(NonFiniteError, match="optimizer step"):
+        train(guarded)
+    assert wandb.run is None
 
 
 def test_trial_records_are_strict_json_and_read_back(tmp_path):
