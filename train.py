@@ -3,6 +3,7 @@
     python train.py +experiment=dpo                  # dDPO on the embedded default
     python train.py +experiment=sft                  # dSFT on the embedded default
     python train.py +experiment=dpo model=zephyr_7b_sft data=ultrafeedback trainer=gpu strategy=fsdp
+    python train.py +experiment=zephyr_tiny          # every stage, 3 seeds (a config with `pipeline`)
 """
 
 from __future__ import annotations
@@ -54,9 +55,18 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
+def run(cfg: DictConfig) -> dict[str, float]:
+    """One stage, or, when the config has a `pipeline` section, every stage of it in turn (each through `train`)."""
+    if cfg.get("pipeline") is None:
+        return train(cfg)
+    from zephyr_lightning.mini.pipeline import run_pipeline
+
+    return run_pipeline(cfg, train)
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    metrics = train(cfg)
+    metrics = run(cfg)
     name = cfg.get("optimized_metric")
     if not name:
         return None
