@@ -190,14 +190,3 @@ def test_teacher_rejects_bad_slip_rates(tmp_path):
     with pytest.raises(ValueError, match="format_slip"):
         write_teacher_data(tmp_path, TaskFamily(), seed=0, format_slip={"yaml": 0.5})
 
-
-def test_the_mini_package_imports_without_hydra():
-    import subprocess
-    import sys
-
-    code = (
-        "import sys, zephyr_lightning.mini;"
-        "bad = [m for m in sys.modules if m.split('.')[0] in ('hydra', 'omegaconf')];"
-        "assert not bad, bad"
-    )
-    subprocess.run([sys.executable, "-c", code], check=True)

@@ -8,7 +8,7 @@ import sys
 
 def test_library_imports_without_hydra():
     code = (
-        "import sys, zephyr_lightning, zephyr_lightning.callbacks, zephyr_lightning.export;"
+        "import sys, zephyr_lightning, zephyr_lightning.callbacks, zephyr_lightning.export, zephyr_lightning.mini;"
         "from zephyr_lightning import DPOModule, PreferenceDataModule, dpo_loss;"
         "bad = [m for m in sys.modules if m.split('.')[0] in ('hydra', 'omegaconf')];"
         "assert not bad, bad"
