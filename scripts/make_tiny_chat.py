@@ -15,7 +15,7 @@ import json
 import random
 from pathlib import Path
 
-from tiny_tasks import SYSTEMS, chosen_text, task
+from tiny_tasks import SYSTEMS, chosen_text, task, write_unique_rows
 
 OUT = Path(__file__).resolve().parent.parent / "zephyr_lightning" / "assets" / "tiny_chat"
 
@@ -32,21 +32,7 @@ def make_row(rng: random.Random) -> dict:
 
 
 def main() -> None:
-    rng = random.Random(20231025)
-    rows, seen = [], set()
-    while len(rows) < 460:
-        row = make_row(rng)
-        key = json.dumps(row["messages"])
-        if key not in seen:
-            seen.add(key)
-            rows.append(row)
-    OUT.mkdir(parents=True, exist_ok=True)
-    for name, part in (("train_sft", rows[:400]), ("test_sft", rows[400:])):
-        with open(OUT / f"{name}.jsonl", "w", encoding="utf-8") as f:
-            for row in part:
-                f.write(json.dumps(row) + "\n")
-    print(f"wrote {len(rows)} dialogues to {OUT}")
-
+    write_unique_rows(OUT, make_row, lambda row: json.dumps(row["messages"]), total=460, splits={"train_sft": 400, "test_sft": 60})
 
 if __name__ == "__main__":
     main()

@@ -15,7 +15,7 @@ import json
 import random
 from pathlib import Path
 
-from tiny_tasks import SYSTEMS, chosen_text, task
+from tiny_tasks import SYSTEMS, chosen_text, task, write_unique_rows
 
 OUT = Path(__file__).resolve().parent.parent / "zephyr_lightning" / "assets" / "tiny_prefs"
 
@@ -54,22 +54,7 @@ def make_row(rng: random.Random) -> dict:
 
 
 def main() -> None:
-    rng = random.Random(20231025)  # the Zephyr paper's arXiv date
-    rows, seen = [], set()
-    while len(rows) < 480:
-        row = make_row(rng)
-        key = json.dumps(row["chosen"][:-1])
-        if key in seen:
-            continue
-        seen.add(key)
-        rows.append(row)
-    OUT.mkdir(parents=True, exist_ok=True)
-    for name, part in (("train_prefs", rows[:400]), ("test_prefs", rows[400:])):
-        with open(OUT / f"{name}.jsonl", "w", encoding="utf-8") as f:
-            for row in part:
-                f.write(json.dumps(row) + "\n")
-    print(f"wrote {len(rows)} rows to {OUT}")
-
+    write_unique_rows(OUT, make_row, lambda row: json.dumps(row["chosen"][:-1]), total=480, splits={"train_prefs": 400, "test_prefs": 80})
 
 if __name__ == "__main__":
     main()

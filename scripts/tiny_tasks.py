@@ -39,3 +39,25 @@ def chosen_text(answer: str, rng: random.Random) -> str:
     opener = rng.choice(["Sure!", "Of course!", "Happy to help!", "Great question!"])
     closer = rng.choice(["I hope this helps.", "Let me know if you have more questions.", "Glad to help."])
     return f"{opener} {answer} {closer}"
+
+
+def write_unique_rows(out, make_row, key, total: int, splits: dict[str, int]) -> None:
+    """Draw rows (seeded like the Zephyr paper's arXiv date) until ``total`` distinct ``key(row)``s,
+    then write the first ``splits[name]`` rows to ``out/<name>.jsonl``, the next ones to the next split."""
+    import json
+
+    rng = random.Random(20231025)
+    rows, seen = [], set()
+    while len(rows) < total:
+        row = make_row(rng)
+        if key(row) not in seen:
+            seen.add(key(row))
+            rows.append(row)
+    out.mkdir(parents=True, exist_ok=True)
+    start = 0
+    for name, count in splits.items():
+        with open(out / f"{name}.jsonl", "w", encoding="utf-8") as f:
+            for row in rows[start : start + count]:
+                f.write(json.dumps(row) + "\n")
+        start += count
+    print(f"wrote {len(rows)} rows to {out}")
