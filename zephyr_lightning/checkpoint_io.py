@@ -10,7 +10,6 @@ data only, so a tampered checkpoint cannot execute code.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,8 @@ from typing import Any
 import torch
 from lightning.fabric.utilities.cloud_io import _is_local_file_protocol, get_filesystem
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from zephyr_lightning.atomic import atomic_write
 
 
 class SafeCheckpointIO(TorchCheckpointIO):
@@ -27,19 +28,10 @@ class SafeCheckpointIO(TorchCheckpointIO):
         if storage_options is not None or not _is_local_file_protocol(str(path)):
             super().save_checkpoint(checkpoint, path, storage_options)
             return
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Hidden and without the .ckpt suffix: never mistaken for a checkpoint by `find_latest_checkpoint`.
-        staging = path.with_name(f".{path.name}.partial-{os.getpid()}")
-        try:
-            with open(staging, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(staging, path)
-        finally:
-            if staging.exists():
-                staging.unlink()
+        # Staged under a hidden name without the .ckpt suffix: never mistaken for a checkpoint by
+        # `find_latest_checkpoint`.
+        with atomic_write(path, "wb") as f:
+            torch.save(checkpoint, f)
 
     def load_checkpoint(
         self,

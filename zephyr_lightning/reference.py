@@ -14,7 +14,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import PreTrainedModel
 
+from zephyr_lightning.atomic import atomic_write
 from zephyr_lightning.logprobs import batch_inputs, sequence_logprobs
 from zephyr_lightning.models import ModelSpec, _cache_root
 
@@ -114,11 +114,9 @@ class ReferenceLogpsStore:
         return values
 
     def save(self, key: str, values: torch.Tensor) -> Path:
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
         path = self.path(key)
-        partial = path.with_suffix(f".partial-{os.getpid()}")
-        torch.save(values, partial)
-        partial.replace(path)  # atomic: a reader sees the whole file or none
+        with atomic_write(path, "wb") as f:  # other ranks and later runs see the whole file or none
+            torch.save(values, f)
         return path
 
 

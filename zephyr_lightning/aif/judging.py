@@ -8,7 +8,7 @@ in one run are asked once.
 
 The output rows are the input rows with, per completion, ``overall_score`` (the judge's score, or
 null when it failed), ``judge_ratings`` and ``judge_rationale`` (rubric judges) and ``judge_error``.
-The output is written to ``<output>.partial`` and renamed when complete.
+The output appears only when complete (`zephyr_lightning.atomic.atomic_write`).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from zephyr_lightning.aif.io import JsonlWriter, iter_jsonl, repair_truncated_tail
 from zephyr_lightning.aif.judges import Judge, JudgeItem, Judgement
+from zephyr_lightning.atomic import atomic_write
 from zephyr_lightning.data.chat import BadRowError
 from zephyr_lightning.data.preference import prompt_id_of
 from zephyr_lightning.data.sources import load_split
@@ -162,8 +163,6 @@ def judge_completions(
         raise TypeError(f"{type(judge).__name__} is not a Judge (needs name, fingerprint() and judge())")
     rows = load_split(source, split)
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    partial = output.with_name(output.name + ".partial")
     fingerprint = judge.fingerprint()
     cache = JudgementCache(cache_path)
     summary = JudgeSummary(judge=judge.name, rows=len(rows))
@@ -171,7 +170,7 @@ def judge_completions(
     log.info("judge %s: %d rows, %d completions; %d judgements cached in %s", judge.name, len(rows), total, len(cache), cache_path)
     succeeded = False
     try:
-        with open(partial, "w", encoding="utf-8") as out, tqdm(
+        with atomic_write(output) as out, tqdm(
             total=total, desc=f"judge {judge.name}", unit="completion", disable=not show_progress
         ) as bar:
             for chunk in _chunks(rows, chunk_size):
@@ -223,11 +222,6 @@ def judge_completions(
                         )
                     out.write(json.dumps({**row, "completions": completions}, ensure_ascii=False) + "\n")
                     bar.update(len(keys))
-                out.flush()
-        os.replace(partial, output)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
     finally:
         cache.close()
     _report(summary, output)

@@ -12,13 +12,12 @@ import codecs
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
 
+from zephyr_lightning.atomic import atomic_write
 from zephyr_lightning.data.chat import BadRowError
 
 log = logging.getLogger(__name__)
@@ -160,18 +159,11 @@ def _clean_copy(file: Path, bad: list[BadLine], cache_dir: str | None) -> Path:
     target = folder / f"{file.stem}-{digest}.jsonl"
     if target.exists():
         return target
-    folder.mkdir(parents=True, exist_ok=True)
     skip = {b.line for b in bad}
-    fd, staging = tempfile.mkstemp(dir=folder, prefix=f".{target.name}.")
-    try:
-        with open(file, "rb") as src, os.fdopen(fd, "wb") as dst:
-            for number, raw in enumerate(src, start=1):
-                if number not in skip:
-                    dst.write(raw if raw.endswith(b"\n") else raw + b"\n")
-        os.replace(staging, target)
-    finally:
-        if os.path.exists(staging):
-            os.unlink(staging)
+    with open(file, "rb") as src, atomic_write(target, "wb") as dst:
+        for number, raw in enumerate(src, start=1):
+            if number not in skip:
+                dst.write(raw if raw.endswith(b"\n") else raw + b"\n")
     return target
 
 

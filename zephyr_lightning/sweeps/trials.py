@@ -16,6 +16,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from zephyr_lightning.atomic import atomic_write
+
 RESULT_FILE = "result.json"
 TRIALS_TABLE = "trials.csv"
 COMPLETED = "completed"
@@ -93,10 +95,8 @@ class TrialResult:
 def write_result(run_dir: str | os.PathLike, result: TrialResult) -> Path:
     """Write ``result.json`` into ``run_dir`` (through a temporary file, so a reader never sees half)."""
     path = Path(run_dir) / RESULT_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(result.to_json() + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_write(path) as f:
+        f.write(result.to_json() + "\n")
     return path
 
 
