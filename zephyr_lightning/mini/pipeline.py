@@ -29,7 +29,6 @@ from __future__ import annotations
 import glob
 import logging
 import os
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -49,6 +48,7 @@ STAGES = ("teacher", "sft", "aif", "dpo", "eval")
 REPLACED_KEYS = ("module", "data")
 MODELS = {"dsft": "sft", "ddpo": "dpo"}
 
+# train.py's `train`: one stage from its config; it ends its own W&B run before it returns or raises.
 TrainStage = Callable[[DictConfig], dict[str, float]]
 
 
@@ -77,13 +77,6 @@ def stage_config(cfg: DictConfig, section: DictConfig, *, seed: int, dirs: dict[
     root.paths.output_dir = dirs[stage]
     root.task_name = f"{cfg.task_name}-seed{seed}-{stage}"
     return root
-
-
-def _finish_wandb() -> None:
-    # Lightning leaves the W&B run open at the end of fit; the next stage would log into it.
-    wandb = sys.modules.get("wandb")
-    if wandb is not None and getattr(wandb, "run", None) is not None:
-        wandb.finish()
 
 
 def _exported(folder: str) -> bool:
@@ -121,10 +114,8 @@ def run_seed(cfg: DictConfig, seed: int, run_dir: Path, train: TrainStage) -> Se
           done=teacher_done)
 
     def fit(stage: str) -> None:
-        try:
-            train(stage_config(cfg, pipe[stage], seed=seed, dirs=dirs, stage=stage))
-        finally:
-            _finish_wandb()
+        # `train` ends its W&B run itself, so the next stage starts its own.
+        train(stage_config(cfg, pipe[stage], seed=seed, dirs=dirs, stage=stage))
 
     timed("sft", lambda: fit("sft"), done=_exported(dirs["sft"]))
 
