@@ -35,8 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from zephyr_lightning.aif.io import write_jsonl_atomic
+from zephyr_lightning.data.base import prompt_id_of
 from zephyr_lightning.data.chat import BadRowError, validate_messages
-from zephyr_lightning.data.preference import prompt_id_of
 from zephyr_lightning.data.sources import load_split
 
 log = logging.getLogger(__name__)

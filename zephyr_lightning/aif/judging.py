@@ -27,8 +27,8 @@ from tqdm.auto import tqdm
 from zephyr_lightning.aif.io import JsonlWriter, iter_jsonl, repair_truncated_tail
 from zephyr_lightning.aif.judges import Judge, JudgeItem, Judgement
 from zephyr_lightning.atomic import atomic_write
+from zephyr_lightning.data.base import prompt_id_of
 from zephyr_lightning.data.chat import BadRowError
-from zephyr_lightning.data.preference import prompt_id_of
 from zephyr_lightning.data.sources import load_split
 
 log = logging.getLogger(__name__)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from zephyr_lightning.data.base import prompt_id_of
 from zephyr_lightning.data.chat import BadRowError
-from zephyr_lightning.data.preference import prompt_id_of
 from zephyr_lightning.data.sources import load_split
 
 log = logging.getLogger(__name__)

@@ -4,6 +4,7 @@ training loader resumes mid-epoch exactly; see `zephyr_lightning.data.resumable`
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections import Counter
 from typing import Any
@@ -27,6 +28,11 @@ ON_BAD_ROW = ("error", "skip")
 KEPT = ("ok", "truncated")
 
 
+def prompt_id_of(prompt: str) -> str:
+    """The ultrafeedback_binarized convention: sha256 of the prompt text."""
+    return hashlib.sha256(prompt.encode("utf-8")).hexdigest()
+
+
 def row_label(source: str, split: str, row: dict[str, Any], index: int) -> str:
     """How errors name a row: its prompt_id when it has one, else its index in the split."""
     pid = row.get("prompt_id")
@@ -38,7 +44,8 @@ class RowTokenizer:
     ``status`` column (``ok``, ``truncated``, ``dropped: ...`` or ``bad: ...``).
 
     A class rather than a closure so that ``datasets`` can hash it for its cache and pickle it for
-    ``num_proc`` workers. Subclasses set ``columns`` and implement `tokenize_row`.
+    ``num_proc`` workers. Subclasses set ``columns`` (``prompt_id`` among them) and implement
+    `tokenize_row`.
     """
 
     columns: tuple[str, ...] = ()
@@ -52,9 +59,14 @@ class RowTokenizer:
     def tokenize_row(self, row: dict[str, Any], where: str) -> tuple[dict[str, Any], str]:
         raise NotImplementedError
 
+    @staticmethod
+    def prompt_id(row: dict[str, Any]) -> str:
+        """The row's ``prompt_id``, or the sha256 of its ``prompt`` when it has none."""
+        return str(row.get("prompt_id") or prompt_id_of(str(row.get("prompt", ""))))
+
     def placeholder(self, row: dict[str, Any]) -> dict[str, Any]:
-        """Column values for a row that is skipped (filtered out after counting)."""
-        return {column: [] for column in self.columns}
+        """Column values for a row that is skipped (filtered out after counting): empty, but named."""
+        return {**{column: [] for column in self.columns}, "prompt_id": self.prompt_id(row)}
 
     def __call__(self, batch: dict[str, list], indices: list[int]) -> dict[str, list]:
         out: dict[str, list] = {column: [] for column in (*self.columns, "status")}

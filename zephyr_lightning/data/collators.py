@@ -21,6 +21,15 @@ def pad_rows(rows: list[list[int]], pad_value: int, multiple_of: int | None = No
     return out
 
 
+def padded_batch(sequences: list[list[int]], masks: list[list[int]], pad_token_id: int, multiple_of: int | None = None) -> dict[str, Tensor]:
+    """One sequence per row, right-padded to a shared length: ``input_ids``, ``attention_mask``, ``loss_mask``."""
+    return {
+        "input_ids": pad_rows(sequences, pad_token_id, multiple_of),
+        "attention_mask": pad_rows([[1] * len(s) for s in sequences], 0, multiple_of),
+        "loss_mask": pad_rows(masks, 0, multiple_of),
+    }
+
+
 class PreferenceCollator:
     """Pairs -> one batch holding all chosen sequences, then all rejected ones.
 
@@ -52,11 +61,7 @@ class PreferenceCollator:
                 [list(zip(sequences, masks, range(len(sequences))))], self.pad_token_id, self.pad_to_multiple_of
             )
         else:
-            batch = {
-                "input_ids": pad_rows(sequences, self.pad_token_id, self.pad_to_multiple_of),
-                "attention_mask": pad_rows([[1] * len(s) for s in sequences], 0, self.pad_to_multiple_of),
-                "loss_mask": pad_rows(masks, 0, self.pad_to_multiple_of),
-            }
+            batch = padded_batch(sequences, masks, self.pad_token_id, self.pad_to_multiple_of)
         batch["prompt_id"] = [row["prompt_id"] for row in rows]
         batch["num_tokens"] = sum(len(s) for s in sequences)
         for side in ("chosen", "rejected"):
@@ -83,13 +88,12 @@ class SFTCollator:
         if items and isinstance(items[0], list):
             return self.packed(items)
         sequences = [row["input_ids"] for row in items]
-        return {
-            "input_ids": pad_rows(sequences, self.pad_token_id, self.pad_to_multiple_of),
-            "attention_mask": pad_rows([[1] * len(s) for s in sequences], 0, self.pad_to_multiple_of),
-            "loss_mask": pad_rows([row["loss_mask"] for row in items], 0, self.pad_to_multiple_of),
-            "prompt_id": [row["prompt_id"] for row in items],
-            "num_tokens": sum(len(s) for s in sequences),
-        }
+        batch: dict[str, Any] = padded_batch(
+            sequences, [row["loss_mask"] for row in items], self.pad_token_id, self.pad_to_multiple_of
+        )
+        batch["prompt_id"] = [row["prompt_id"] for row in items]
+        batch["num_tokens"] = sum(len(s) for s in sequences)
+        return batch
 
     def packed(self, bins: list[list[dict[str, Any]]]) -> dict[str, Any]:
         rows, prompt_ids, slot = [], [], 0

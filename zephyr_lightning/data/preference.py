@@ -8,7 +8,6 @@ is the final assistant turn plus EOS.
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 from transformers import PreTrainedTokenizerBase
@@ -17,11 +16,6 @@ from zephyr_lightning.data.base import ChatDataModule, RowTokenizer
 from zephyr_lightning.data.chat import BadRowError, tokenize_prompt_completion, validate_messages
 from zephyr_lightning.data.collators import PreferenceCollator
 from zephyr_lightning.models import ModelSpec
-
-
-def prompt_id_of(prompt: str) -> str:
-    """The ultrafeedback_binarized convention: sha256 of the prompt text."""
-    return hashlib.sha256(prompt.encode("utf-8")).hexdigest()
 
 
 class PreferenceTokenizer(RowTokenizer):
@@ -34,13 +28,6 @@ class PreferenceTokenizer(RowTokenizer):
         self.max_length = max_length
         self.max_prompt_length = max_prompt_length
         self.on_too_long = on_too_long
-
-    def placeholder(self, row: dict[str, Any]) -> dict[str, Any]:
-        return {**super().placeholder(row), "prompt_id": self._prompt_id(row)}
-
-    @staticmethod
-    def _prompt_id(row: dict[str, Any]) -> str:
-        return str(row.get("prompt_id") or prompt_id_of(str(row.get("prompt", ""))))
 
     def tokenize_row(self, row: dict[str, Any], where: str) -> tuple[dict[str, Any], str]:
         for key in ("chosen", "rejected"):
@@ -77,7 +64,7 @@ class PreferenceTokenizer(RowTokenizer):
             chosen_ids, rejected_ids = chosen_ids[:room], rejected_ids[:room]
             status = "truncated"
         values = {
-            "prompt_id": self._prompt_id(row),
+            "prompt_id": self.prompt_id(row),
             "prompt_input_ids": prompt,
             "chosen_input_ids": chosen_ids,
             "rejected_input_ids": rejected_ids,

@@ -17,7 +17,6 @@ from zephyr_lightning.data.base import ChatDataModule, RowTokenizer
 from zephyr_lightning.data.chat import BadRowError, tokenize_chat, validate_messages
 from zephyr_lightning.data.collators import SFTCollator
 from zephyr_lightning.data.packing import STRATEGIES, pack_lengths, padding_fraction
-from zephyr_lightning.data.preference import prompt_id_of
 from zephyr_lightning.models import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -36,12 +35,8 @@ class SFTTokenizer(RowTokenizer):
         self.loss_on = loss_on
         self.on_too_long = on_too_long
 
-    @staticmethod
-    def _prompt_id(row: dict[str, Any]) -> str:
-        return str(row.get("prompt_id") or prompt_id_of(str(row.get("prompt", ""))))
-
     def placeholder(self, row: dict[str, Any]) -> dict[str, Any]:
-        return {"prompt_id": self._prompt_id(row), "input_ids": [], "loss_mask": [], "length": 0}
+        return {**super().placeholder(row), "length": 0}
 
     def tokenize_row(self, row: dict[str, Any], where: str) -> tuple[dict[str, Any], str]:
         if row.get("messages") is None:  # a JSON-lines row without the key reads as null
@@ -62,7 +57,7 @@ class SFTTokenizer(RowTokenizer):
             status = "truncated"
             if not any(mask[1:]):
                 return self.placeholder(row), "dropped: no assistant token within max_length"
-        return {"prompt_id": self._prompt_id(row), "input_ids": ids, "loss_mask": mask, "length": len(ids)}, status
+        return {"prompt_id": self.prompt_id(row), "input_ids": ids, "loss_mask": mask, "length": len(ids)}, status
 
 
 class PackedDataset(Dataset):
@@ -111,7 +106,6 @@ class SFTDataModule(ChatDataModule):
         packing: bool = False,
         packing_strategy: str = "best_fit_decreasing",
         pad_to_multiple_of: int | None = None,
-        seed: int = 0,
         **kwargs: Any,
     ) -> None:
         if loss_on not in LOSS_ON:
@@ -120,7 +114,7 @@ class SFTDataModule(ChatDataModule):
             raise ValueError(f"data.packing_strategy={packing_strategy!r} is not one of {list(STRATEGIES)}")
         if max_length < 2:
             raise ValueError(f"data.max_length must be >= 2, got {max_length}")
-        super().__init__(path, tokenizer, train_split=train_split, val_split=val_split, seed=seed, **kwargs)
+        super().__init__(path, tokenizer, train_split=train_split, val_split=val_split, **kwargs)
         self.max_length = max_length
         self.loss_on = loss_on
         self.packing = packing
