@@ -6,14 +6,11 @@ from typing import Any
 
 from lightning.pytorch.callbacks import ThroughputMonitor
 
+from zephyr_lightning.data.collators import batch_tokens
+
 
 def _sequences(batch: dict[str, Any]) -> int:
     return len(batch["prompt_id"]) if "prompt_id" in batch else int(batch["input_ids"].shape[0])
-
-
-def _tokens(batch: dict[str, Any]) -> int:
-    # Real tokens only: padding is not throughput.
-    return int(batch.get("num_tokens") or batch["input_ids"].numel())
 
 
 class TokenThroughput(ThroughputMonitor):
@@ -26,4 +23,5 @@ class TokenThroughput(ThroughputMonitor):
     """
 
     def __init__(self, window_size: int = 10, **kwargs: Any) -> None:
-        super().__init__(batch_size_fn=_sequences, length_fn=_tokens, window_size=window_size, **kwargs)
+        # Items are real tokens only: padding is not throughput.
+        super().__init__(batch_size_fn=_sequences, length_fn=batch_tokens, window_size=window_size, **kwargs)

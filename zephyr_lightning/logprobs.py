@@ -178,3 +178,12 @@ def sequence_logprobs(
         0, slots, torch.ones_like(token_lp)
     )
     return sums, counts
+
+
+def pair_logprobs(model: PreTrainedModel, batch: dict) -> Tensor:
+    """Summed completion log-probs of a preference batch (`PreferenceCollator`, padded or packed): the
+    chosen sequence of every pair, then the rejected ones, [2 * pairs] float32."""
+    logps, _ = sequence_logprobs(
+        model, batch["input_ids"], batch["loss_mask"], num_sequences=2 * len(batch["prompt_id"]), **batch_inputs(batch)
+    )
+    return logps

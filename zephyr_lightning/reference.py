@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 from transformers import PreTrainedModel
 
 from zephyr_lightning.atomic import atomic_write
-from zephyr_lightning.logprobs import batch_inputs, sequence_logprobs
+from zephyr_lightning.logprobs import pair_logprobs
 from zephyr_lightning.models import ModelSpec, _cache_root
 
 log = logging.getLogger(__name__)
@@ -88,8 +88,7 @@ def compute_reference_logps(
         pairs = len(batch["prompt_id"])
         context = forward_context() if forward_context is not None else contextlib.nullcontext()
         with context:
-            logps, _ = sequence_logprobs(model, batch["input_ids"], batch["loss_mask"], num_sequences=2 * pairs,
-                                         **batch_inputs(batch))
+            logps = pair_logprobs(model, batch)
         out.append(torch.stack([logps[:pairs], logps[pairs:]], dim=1).float().cpu())
     return torch.cat(out) if out else torch.zeros(0, 2)
 
@@ -152,7 +151,8 @@ def attach_reference_logps(
     """
     reference_key = reference_fingerprint(reference)
     keys = {name: entry_key(reference_key, data) for name, data in splits.items()}
-    missing = {name: data for name, data in splits.items() if store.load(keys[name], len(data)) is None}
+    stored = {name: store.load(keys[name], len(data)) for name, data in splits.items()}
+    missing = {name: data for name, data in splits.items() if stored[name] is None}
     if missing:
         model = reference if isinstance(reference, PreTrainedModel) else reference.load_model()
         model = prepare_model(model.requires_grad_(False)).to(device)
@@ -167,7 +167,7 @@ def attach_reference_logps(
     barrier()
     out = {}
     for name, data in splits.items():
-        values = store.load(keys[name], len(data))
+        values = stored[name]
         if values is None:
             values = torch.empty(len(data), 2)
             for r in range(world_size):

@@ -21,6 +21,11 @@ def pad_rows(rows: list[list[int]], pad_value: int, multiple_of: int | None = No
     return out
 
 
+def batch_tokens(batch: dict[str, Any]) -> int:
+    """Real (non-padding) tokens of a collated batch: its ``num_tokens``, else every position."""
+    return int(batch.get("num_tokens") or batch["input_ids"].numel())
+
+
 def padded_batch(sequences: list[list[int]], masks: list[list[int]], pad_token_id: int, multiple_of: int | None = None) -> dict[str, Tensor]:
     """One sequence per row, right-padded to a shared length: ``input_ids``, ``attention_mask``, ``loss_mask``."""
     return {

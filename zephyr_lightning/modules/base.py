@@ -8,6 +8,7 @@ from typing import Any
 import lightning as L
 from transformers import PreTrainedModel
 
+from zephyr_lightning.data.collators import batch_tokens
 from zephyr_lightning.models import ModelSpec, as_spec
 from zephyr_lightning.optim import OptimizerConfig, build_optimizer
 
@@ -81,8 +82,7 @@ class CausalLMModule(L.LightningModule):
     def batch_flops(self, batch: dict[str, Any], training: bool) -> float:
         """Model FLOPs of a batch: 6 x params per trained token (forward + backward), 2 x params per
         token evaluated only. Attention is not counted (the usual MFU convention)."""
-        tokens = batch.get("num_tokens") or int(batch["input_ids"].numel())
-        return (6 if training else 2) * self.parameter_count(self.model) * tokens
+        return (6 if training else 2) * self.parameter_count(self.model) * batch_tokens(batch)
 
     def on_train_batch_start(self, batch: dict[str, Any], batch_idx: int) -> None:
         self.flops_per_batch = self.batch_flops(batch, training=True)

@@ -12,7 +12,8 @@ from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 
-from zephyr_lightning.logprobs import batch_inputs, sequence_logprobs
+from zephyr_lightning.data.collators import batch_tokens
+from zephyr_lightning.logprobs import pair_logprobs
 from zephyr_lightning.losses import LOSS_TYPES, dpo_loss
 from zephyr_lightning.models import ModelSpec, as_spec
 from zephyr_lightning.modules.base import CausalLMModule
@@ -193,8 +194,7 @@ class DPOModule(CausalLMModule):
 
     def batch_flops(self, batch: dict[str, Any], training: bool) -> float:
         # The live reference adds one forward pass (2 x its params per token).
-        tokens = batch.get("num_tokens") or int(batch["input_ids"].numel())
-        reference = 0 if "reference_chosen_logps" in batch else 2 * self.parameter_count(self.reference) * tokens
+        reference = 0 if "reference_chosen_logps" in batch else 2 * self.parameter_count(self.reference) * batch_tokens(batch)
         return super().batch_flops(batch, training) + reference
 
     def on_fit_start(self) -> None:
@@ -223,15 +223,8 @@ class DPOModule(CausalLMModule):
             # is a no-op for it and Lightning has no missing keys to warn about.
             state.update(self.reference.state_dict(prefix=REFERENCE_PREFIX))
 
-    def _logps(self, model: PreTrainedModel, batch: dict[str, Any]) -> Tensor:
-        # Chosen then rejected, whether the batch is padded (one sequence per row) or packed.
-        logps, _ = sequence_logprobs(
-            model, batch["input_ids"], batch["loss_mask"], num_sequences=2 * len(batch["prompt_id"]), **batch_inputs(batch)
-        )
-        return logps
-
     def policy_logps(self, batch: dict[str, Any]) -> Tensor:
-        return self._logps(self.model, batch)
+        return pair_logprobs(self.model, batch)
 
     @torch.no_grad()
     def reference_logps(self, batch: dict[str, Any]) -> Tensor:
@@ -240,7 +233,7 @@ class DPOModule(CausalLMModule):
             return torch.cat([batch["reference_chosen_logps"], batch["reference_rejected_logps"]])
         if self.reference_free:
             return torch.zeros(2 * len(batch["prompt_id"]), device=self.device)
-        return self._logps(self.reference, batch)
+        return pair_logprobs(self.reference, batch)
 
     def compute(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         """Per-pair loss and TRL-style statistics for a batch (one forward pass per model)."""
