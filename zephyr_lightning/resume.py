@@ -36,6 +36,30 @@ def find_latest_checkpoint(folder: str | Path) -> Path | None:
     return max(candidates, key=lambda p: (p.stat().st_mtime_ns, p.name == "last.ckpt"))
 
 
+def ckpt_choice_errors(ckpt_path: Any, resume: Any) -> list[Exception]:
+    """What is wrong with a ``ckpt_path`` / ``resume`` pair, seen without looking for checkpoints; each
+    error names the key and the value (``resume='yes': must be true, false or auto``).
+
+    `resolve_ckpt_path` raises the first; config validation (`zephyr_lightning.validation`) reports
+    them all before anything is loaded.
+    """
+    errors: list[Exception] = []
+    if resume not in RESUME_CHOICES:
+        errors.append(ValueError(f"resume={resume!r}: must be true, false or auto"))
+        resume = False
+    if ckpt_path in (None, "", "last"):
+        return errors
+    if not isinstance(ckpt_path, str):
+        errors.append(ValueError(f"ckpt_path={ckpt_path!r}: must be a file path, last, or null"))
+    elif resume:
+        errors.append(ValueError(
+            f"ckpt_path={ckpt_path!r}: conflicts with resume={resume} (both choose a checkpoint); set one of them"
+        ))
+    elif not Path(ckpt_path).is_file():
+        errors.append(FileNotFoundError(f"ckpt_path={ckpt_path!r}: no such checkpoint file"))
+    return errors
+
+
 def resolve_ckpt_path(ckpt_path: str | None, resume: bool | str, checkpoint_dir: str | Path) -> str | None:
     """The checkpoint a run starts from.
 
@@ -46,15 +70,11 @@ def resolve_ckpt_path(ckpt_path: str | None, resume: bool | str, checkpoint_dir:
       and every restart of a pre-emptible job);
     - neither: None (a fresh start).
     """
-    if resume not in RESUME_CHOICES:
-        raise ValueError(f"resume={resume!r} is not one of true, false, auto")
+    errors = ckpt_choice_errors(ckpt_path, resume)
+    if errors:
+        raise errors[0]
     if ckpt_path not in (None, "", "last"):
-        if resume:
-            raise ValueError(f"ckpt_path={ckpt_path} and resume={resume} both choose a checkpoint; set one of them")
-        path = Path(ckpt_path)
-        if not path.is_file():
-            raise FileNotFoundError(f"ckpt_path={ckpt_path}: no such checkpoint file")
-        return str(path)
+        return str(Path(ckpt_path))
     if ckpt_path != "last" and not resume:
         return None
     checkpoint_dir = Path(checkpoint_dir)

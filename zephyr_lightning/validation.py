@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import numbers
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from zephyr_lightning.data.base import ON_BAD_ROW, ON_TOO_LONG
@@ -22,6 +21,7 @@ from zephyr_lightning.data.sources import split_file
 from zephyr_lightning.losses import LOSS_TYPES
 from zephyr_lightning.models import _DTYPES, ATTN_IMPLEMENTATIONS
 from zephyr_lightning.optim import SCHEDULES
+from zephyr_lightning.resume import ckpt_choice_errors
 
 log = logging.getLogger(__name__)
 
@@ -201,19 +201,9 @@ def _check_trainer(checks: _Checks) -> None:
 
 
 def _check_resume(checks: _Checks) -> None:
-    resume = _get(checks.cfg, "resume")
-    if resume is not _MISSING and resume not in (True, False, "auto"):
-        checks.fail("resume", resume, "must be true, false or auto")
-        resume = False
-    ckpt_path = _get(checks.cfg, "ckpt_path")
-    if ckpt_path in (_MISSING, None, "", "last"):
-        return
-    if not isinstance(ckpt_path, str):
-        checks.fail("ckpt_path", ckpt_path, "must be a file path, last, or null")
-    elif resume not in (_MISSING, False):
-        checks.fail("ckpt_path", ckpt_path, f"conflicts with resume={resume}; set one of them")
-    elif not Path(ckpt_path).is_file():
-        checks.fail("ckpt_path", ckpt_path, "no such checkpoint file")
+    resume, ckpt_path = _get(checks.cfg, "resume"), _get(checks.cfg, "ckpt_path")
+    errors = ckpt_choice_errors(None if ckpt_path is _MISSING else ckpt_path, False if resume is _MISSING else resume)
+    checks.errors.extend(str(error) for error in errors)
 
 
 def validate_config(cfg: Mapping[str, Any]) -> list[str]:
