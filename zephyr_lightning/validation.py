@@ -14,6 +14,7 @@ import numbers
 from collections.abc import Mapping
 from typing import Any
 
+from zephyr_lightning.callbacks.nonfinite import MODES as NONFINITE_MODES
 from zephyr_lightning.data.base import ON_BAD_ROW, ON_TOO_LONG
 from zephyr_lightning.data.packing import STRATEGIES
 from zephyr_lightning.data.sft import LOSS_ON
@@ -26,7 +27,6 @@ from zephyr_lightning.resume import ckpt_choice_errors
 log = logging.getLogger(__name__)
 
 _MISSING = object()
-NONFINITE_MODES = ("stop", "skip")
 
 
 class ConfigError(ValueError):
