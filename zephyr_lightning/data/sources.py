@@ -9,6 +9,7 @@ the file and the line (invalid UTF-8, invalid JSON, a line that is not an object
 from __future__ import annotations
 
 import codecs
+import functools
 import hashlib
 import json
 import logging
@@ -123,8 +124,16 @@ def scan_json_lines(file: str | Path) -> list[BadLine]:
     return bad
 
 
-def _is_valid_utf8(file: Path, chunk_size: int = 1 << 24) -> bool:
-    """Whether the whole file decodes as UTF-8 (incrementally, at C speed)."""
+def _is_valid_utf8(file: Path) -> bool:
+    """Whether the whole file decodes as UTF-8. Remembered per (path, size, modification time): a run
+    loads each split more than once (prepare_data, then setup), and a large file need be read once."""
+    stat = file.stat()
+    return _utf8_file_check(str(file.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _utf8_file_check(file: str, size: int, mtime_ns: int, chunk_size: int = 1 << 24) -> bool:
+    # size and mtime_ns are only part of the cache key: a changed file is checked again.
     decoder = codecs.getincrementaldecoder("utf-8")()
     try:
         with open(file, "rb") as f:
