@@ -6,8 +6,10 @@ from zephyr_lightning.callbacks.hf_export import HFExport
 from zephyr_lightning.callbacks.nonfinite import NonFiniteError, NonFiniteGuard
 from zephyr_lightning.callbacks.preemption import Preempted, PreemptionCheckpoint
 from zephyr_lightning.callbacks.random_state import RandomStateCheckpoint
+from zephyr_lightning.callbacks.reference_logps import PrecomputedReference
 from zephyr_lightning.callbacks.sample_generation import SampleGeneration
 from zephyr_lightning.callbacks.throughput import TokenThroughput
+from zephyr_lightning.callbacks.update_guard import UpdateGuard
 
 __all__ = [
     "BatchRecord",
@@ -16,8 +18,10 @@ __all__ = [
     "NonFiniteError",
     "NonFiniteGuard",
     "Preempted",
+    "PrecomputedReference",
     "PreemptionCheckpoint",
     "RandomStateCheckpoint",
     "SampleGeneration",
     "TokenThroughput",
+    "UpdateGuard",
 ]

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Literal, get_args
 
 import lightning as L
 import torch
 from lightning.pytorch.plugins.precision import MixedPrecision
 
+from zephyr_lightning.arguments import PositiveInt, check_arguments
+
 log = logging.getLogger(__name__)
 
-MODES = ("stop", "skip")
+Mode = Literal["stop", "skip"]
+MODES: tuple[str, ...] = get_args(Mode)
 
 
 class NonFiniteError(RuntimeError):
@@ -44,15 +47,12 @@ class NonFiniteGuard(L.Callback):
 
     def __init__(
         self,
-        mode: str = "stop",
+        mode: Mode = "stop",
         check_gradients: bool = True,
-        max_consecutive_skips: int = 10,
+        max_consecutive_skips: PositiveInt = 10,
         log_grad_norm: bool = True,
     ) -> None:
-        if mode not in MODES:
-            raise ValueError(f"callbacks.nonfinite_guard.mode={mode!r} is not one of {list(MODES)}")
-        if max_consecutive_skips < 1:
-            raise ValueError(f"callbacks.nonfinite_guard.max_consecutive_skips must be >= 1, got {max_consecutive_skips}")
+        check_arguments(NonFiniteGuard, locals(), prefix="callbacks.nonfinite_guard")
         self.mode = mode
         self.check_gradients = check_gradients
         self.max_consecutive_skips = max_consecutive_skips

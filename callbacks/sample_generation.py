@@ -12,6 +12,7 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from transformers import PreTrainedTokenizerBase
 
+from zephyr_lightning.arguments import Positive, PositiveInt, check_arguments
 from zephyr_lightning.callbacks._tokenizer import find_tokenizer
 
 log = logging.getLogger(__name__)
@@ -45,12 +46,13 @@ class SampleGeneration(L.Callback):
     def __init__(
         self,
         prompts: list[str] | tuple[str, ...] = DEFAULT_PROMPTS,
-        max_new_tokens: int = 48,
+        max_new_tokens: PositiveInt = 48,
         do_sample: bool = False,
-        temperature: float = 0.7,
-        every_n_epochs: int = 1,
+        temperature: Positive = 0.7,
+        every_n_epochs: PositiveInt = 1,
         tokenizer: PreTrainedTokenizerBase | None = None,
     ) -> None:
+        check_arguments(SampleGeneration, locals(), prefix="callbacks.sample_generation")
         self.prompts = list(prompts)
         self.max_new_tokens = max_new_tokens
         self.do_sample = do_sample

@@ -211,6 +211,9 @@ def _key(prefix: str, name: str) -> str:
 
 
 def _is_target_node(value: Any) -> bool:
+    """A ``_target_`` node, or a list of them (``trainer.plugins``): checked against their own targets."""
+    if isinstance(value, (list, tuple)):
+        return bool(value) and all(_is_target_node(item) for item in value)
     return isinstance(value, Mapping) and "_target_" in value
 
 
@@ -249,8 +252,10 @@ def argument_errors(
             adapter.validate_python(value)
         except ValidationError as err:
             errors.append(f"{_key(prefix, name)}={value!r}: {_describe(err.errors()[0])}")
+    own = {p.name for p, function in _walk_signature(target) if function is inspect.unwrap(_function_of(target))}
     for name, (parameter, _) in declared.items():
-        required = parameter.default is inspect.Parameter.empty and parameter.kind is not inspect.Parameter.VAR_POSITIONAL
+        # A base class's required argument reached through **kwargs may be supplied by the subclass itself.
+        required = parameter.default is inspect.Parameter.empty and name in own
         if required and name not in values and name not in skipped:
             errors.append(f"{_key(prefix, name)}: missing (required by {_name(target)})")
     if errors or not inspect.isclass(target):

@@ -9,6 +9,8 @@ float32 before the log-sum-exp, so bf16 models still get float32 log-probs.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import Tensor, nn
 from transformers import PreTrainedModel
@@ -180,10 +182,20 @@ def sequence_logprobs(
     return sums, counts
 
 
-def pair_logprobs(model: PreTrainedModel, batch: dict) -> Tensor:
-    """Summed completion log-probs of a preference batch (`PreferenceCollator`, padded or packed): the
-    chosen sequence of every pair, then the rejected ones, [2 * pairs] float32."""
-    logps, _ = sequence_logprobs(
-        model, batch["input_ids"], batch["loss_mask"], num_sequences=2 * len(batch["prompt_id"]), **batch_inputs(batch)
+class PairLogps(NamedTuple):
+    """Summed completion log-probs of a batch of pairs and the completions' token counts, [pairs] each."""
+
+    chosen: Tensor
+    rejected: Tensor
+    chosen_tokens: Tensor
+    rejected_tokens: Tensor
+
+
+def pair_logprobs(model: PreTrainedModel, batch: dict) -> PairLogps:
+    """Summed completion log-probs (float32) of a preference batch (`PreferenceCollator`, padded or
+    packed, which lays out every pair's chosen sequence, then the rejected ones)."""
+    pairs = len(batch["prompt_id"])
+    logps, counts = sequence_logprobs(
+        model, batch["input_ids"], batch["loss_mask"], num_sequences=2 * pairs, **batch_inputs(batch)
     )
-    return logps
+    return PairLogps(logps[:pairs], logps[pairs:], counts[:pairs], counts[pairs:])

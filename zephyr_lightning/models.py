@@ -10,6 +10,7 @@ Mistral-7B tokenizer shipped inside the `mistral-common` package. It needs no ne
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib.util
 import json
@@ -19,13 +20,14 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from zephyr_lightning import attention
+from zephyr_lightning.arguments import check_arguments, cross_check
 
 log = logging.getLogger(__name__)
 
@@ -75,19 +77,17 @@ _DTYPES = {
     "float16": torch.float16,
     "fp16": torch.float16,
 }
-ATTN_IMPLEMENTATIONS = ("auto", "sdpa", "eager", "flash_attention_2", "flex_attention", "varlen")
+# The names a config may give a dtype (``auto``: as the checkpoint saved it) and an attention kernel.
+DType = Literal["float32", "fp32", "bfloat16", "bf16", "float16", "fp16", "auto"]
+AttnImplementation = Literal["auto", "sdpa", "eager", "flash_attention_2", "flex_attention", "varlen"]
+ATTN_IMPLEMENTATIONS: tuple[str, ...] = get_args(AttnImplementation)
 
 
 def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
     """Map a config string ("bfloat16", "bf16", ...) to a torch dtype; None and "auto" stay None."""
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype == "auto":
-        return None
-    try:
-        return _DTYPES[dtype]
-    except KeyError:
-        raise ValueError(f"model.dtype={dtype!r} is not one of {sorted(_DTYPES)} or 'auto'") from None
+    if dtype is None or isinstance(dtype, torch.dtype) or dtype == "auto":
+        return None if dtype == "auto" else dtype
+    return _DTYPES[dtype]
 
 
 @functools.cache
@@ -103,10 +103,6 @@ def resolve_attn_implementation(requested: str, on_cuda: bool | None = None) -> 
     PyTorch's own varlen FlashAttention kernel (``varlen``, torch >= 2.10), which packed batches need to
     avoid dense masks; else ``sdpa``. ``varlen`` is registered with transformers when chosen.
     """
-    if requested not in ATTN_IMPLEMENTATIONS:
-        raise ValueError(
-            f"model.attn_implementation={requested!r} is not one of {list(ATTN_IMPLEMENTATIONS)}"
-        )
     on_cuda = torch.cuda.is_available() if on_cuda is None else on_cuda
     if requested == "auto":
         if on_cuda and importlib.util.find_spec("flash_attn") is not None:
@@ -128,6 +124,14 @@ def resolve_attn_implementation(requested: str, on_cuda: bool | None = None) -> 
     return requested
 
 
+def _builtin_name_rule(arguments: dict) -> tuple[str, str] | None:
+    name = str(arguments.get("name_or_path", ""))
+    if name.startswith(BUILTIN_PREFIX) and name != TINY_MISTRAL:
+        return "name_or_path", f"the only built-in model is {TINY_MISTRAL!r}"
+    return None
+
+
+@cross_check(_builtin_name_rule)
 @dataclass
 class ModelSpec:
     """Which causal LM to load and how.
@@ -151,8 +155,8 @@ class ModelSpec:
     """
 
     name_or_path: str = TINY_MISTRAL
-    dtype: str = "float32"
-    attn_implementation: str = "auto"
+    dtype: DType = "float32"
+    attn_implementation: AttnImplementation = "auto"
     gradient_checkpointing: bool = False
     trust_remote_code: bool = False
     revision: str | None = None
@@ -163,14 +167,12 @@ class ModelSpec:
     compile: bool | str = False
 
     def __post_init__(self) -> None:
-        parse_dtype(self.dtype)
-        if self.attn_implementation not in ATTN_IMPLEMENTATIONS:
-            raise ValueError(
-                f"model.attn_implementation={self.attn_implementation!r} is not one of {list(ATTN_IMPLEMENTATIONS)}"
-            )
-        if self.name_or_path.startswith(BUILTIN_PREFIX) and self.name_or_path != TINY_MISTRAL:
-            raise ValueError(f"model.name_or_path={self.name_or_path!r}: the only built-in model is {TINY_MISTRAL!r}")
+        check_arguments(ModelSpec, vars(self), prefix="model")
         self.config_overrides = dict(self.config_overrides or {})
+
+    def with_dtype(self, dtype: str | None) -> ModelSpec:
+        """The same model in another dtype (``None``: this one)."""
+        return self if dtype is None else dataclasses.replace(self, dtype=dtype)
 
     @property
     def is_builtin(self) -> bool:

@@ -1,61 +1,81 @@
-"""AdamW with a warmup + linear/cosine/constant schedule, shared by SFT and DPO."""
+"""AdamW with a warmup + linear/cosine/constant schedule, shared by SFT and DPO.
+
+The schedules are transformers' own (`transformers.get_scheduler`, what the alignment handbook's
+trainers use), stepped once per optimizer step, so a run here follows the handbook's learning rate at
+every step.
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Annotated, Literal
 
 import torch
+from pydantic import Field
 from torch import nn
 
-SCHEDULES = ("linear", "cosine", "constant")
+from zephyr_lightning.arguments import Fraction, NonNegative, Positive, check_arguments, cross_check
+
+Schedule = Literal["linear", "cosine", "constant"]
+Betas = tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]]
 
 
+def _min_lr_rule(arguments: dict) -> tuple[str, str] | None:
+    if arguments.get("min_lr_ratio") and arguments.get("schedule") != "cosine":
+        return "min_lr_ratio", f"applies to the cosine schedule only, not {arguments.get('schedule')!r}"
+    return None
+
+
+@cross_check(_min_lr_rule)
 @dataclass
 class OptimizerConfig:
     """Optimizer and learning-rate schedule settings.
 
     The paper's values: dSFT lr 2e-5, cosine, 10% warmup; dDPO lr 5e-7, linear, 10% warmup.
-    ``warmup_ratio`` is a fraction of all optimizer steps of the run; ``min_lr_ratio`` is where the
-    cosine and linear schedules end, as a fraction of ``lr``.
+    ``warmup_ratio`` is a fraction of all optimizer steps of the run, rounded up (as transformers'
+    ``TrainingArguments.get_warmup_steps`` does); ``min_lr_ratio`` is where the cosine schedule ends, as
+    a fraction of ``lr`` (transformers' ``cosine_with_min_lr``).
+
+    AdamW updates the parameters in their own dtype: train float32 weights (``model.dtype=float32``) and
+    compute in bf16 with ``trainer.precision=bf16-mixed`` (fp32 master weights). Updating bf16 weights
+    directly loses every update smaller than half a bf16 spacing (about 3e-5 for a weight of 0.01): at
+    DPO's lr 5e-7 almost nothing changes. Config validation refuses that set-up unless
+    ``allow_low_precision_updates`` says you know.
     """
 
-    lr: float = 5e-7
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    schedule: str = "linear"
-    warmup_ratio: float = 0.1
-    min_lr_ratio: float = 0.0
+    lr: Positive = 5e-7
+    weight_decay: NonNegative = 0.0
+    betas: Betas = (0.9, 0.999)
+    eps: Positive = 1e-8
+    schedule: Schedule = "linear"
+    warmup_ratio: Fraction = 0.1
+    min_lr_ratio: Annotated[float, Field(ge=0, le=1)] = 0.0
+    allow_low_precision_updates: bool = False
 
     def __post_init__(self) -> None:
+        check_arguments(OptimizerConfig, vars(self), prefix="optim")
         self.betas = tuple(self.betas)
-        if not self.lr > 0:
-            raise ValueError(f"optim.lr must be > 0, got {self.lr}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"optim.schedule={self.schedule!r} is not one of {list(SCHEDULES)}")
-        if not 0.0 <= self.warmup_ratio < 1.0:
-            raise ValueError(f"optim.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
-        if not 0.0 <= self.min_lr_ratio <= 1.0:
-            raise ValueError(f"optim.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
-        if self.weight_decay < 0:
-            raise ValueError(f"optim.weight_decay must be >= 0, got {self.weight_decay}")
 
 
-def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str, min_lr_ratio: float = 0.0) -> float:
-    """Multiplier of the peak learning rate at optimizer step ``step`` (0-based)."""
-    if warmup_steps > 0 and step < warmup_steps:
-        return (step + 1) / warmup_steps
-    if schedule == "constant":
-        return 1.0
-    decay_steps = max(1, total_steps - warmup_steps)
-    progress = min(1.0, (step - warmup_steps) / decay_steps)
-    if schedule == "linear":
-        shape = 1.0 - progress
-    else:
-        shape = 0.5 * (1.0 + math.cos(math.pi * progress))
-    return min_lr_ratio + (1.0 - min_lr_ratio) * shape
+def warmup_steps(config: OptimizerConfig, total_steps: int) -> int:
+    return math.ceil(config.warmup_ratio * total_steps)
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, config: OptimizerConfig, total_steps: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """transformers' scheduler for ``config.schedule`` over ``total_steps`` optimizer steps."""
+    from transformers import get_scheduler
+
+    name = config.schedule
+    if name == "cosine" and config.min_lr_ratio > 0:
+        return get_scheduler("cosine_with_min_lr", optimizer, num_warmup_steps=warmup_steps(config, total_steps),
+                             num_training_steps=total_steps, scheduler_specific_kwargs={"min_lr_rate": config.min_lr_ratio})
+    if name == "constant":
+        name = "constant_with_warmup"
+    return get_scheduler(name, optimizer, num_warmup_steps=warmup_steps(config, total_steps), num_training_steps=total_steps)
 
 
 def _param_groups(named_params: Iterable[tuple[str, nn.Parameter]], weight_decay: float) -> list[dict]:
@@ -74,7 +94,7 @@ def _param_groups(named_params: Iterable[tuple[str, nn.Parameter]], weight_decay
 def build_optimizer(
     named_params: Iterable[tuple[str, nn.Parameter]], config: OptimizerConfig, total_steps: int
 ) -> dict:
-    """AdamW over the trainable parameters given, and a per-step LambdaLR; a Lightning optimizer dict."""
+    """AdamW over the trainable parameters given, and a per-step schedule; a Lightning optimizer dict."""
     groups = _param_groups(named_params, config.weight_decay)
     if not any(g["params"] for g in groups):
         raise ValueError("no trainable parameters were given to the optimizer")
@@ -86,10 +106,5 @@ def build_optimizer(
         eps=config.eps,
         fused=first.is_cuda or None,
     )
-    total_steps = max(1, int(total_steps))
-    warmup_steps = math.ceil(config.warmup_ratio * total_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda step: lr_factor(step, total_steps, warmup_steps, config.schedule, config.min_lr_ratio),
-    )
+    scheduler = build_scheduler(optimizer, config, max(1, int(total_steps)))
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"}}

@@ -85,11 +85,10 @@ def compute_reference_logps(
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
     for batch in tqdm(loader, desc="reference log-probs", disable=None):
         batch = move_data_to_device(batch, device)
-        pairs = len(batch["prompt_id"])
         context = forward_context() if forward_context is not None else contextlib.nullcontext()
         with context:
             logps = pair_logprobs(model, batch)
-        out.append(torch.stack([logps[:pairs], logps[pairs:]], dim=1).float().cpu())
+        out.append(torch.stack([logps.chosen, logps.rejected], dim=1).float().cpu())
     return torch.cat(out) if out else torch.zeros(0, 2)
 
 

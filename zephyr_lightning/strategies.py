@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-from typing import Any
+from typing import Any, Literal
 
 from torch import nn
 
@@ -28,9 +28,9 @@ def resolve_layer_class(name: str) -> type[nn.Module]:
 
 def fsdp_strategy(
     layer_classes: list[str] | tuple[str, ...] = ("MistralDecoderLayer",),
-    sharding_strategy: str = "FULL_SHARD",
+    sharding_strategy: Literal["FULL_SHARD", "SHARD_GRAD_OP", "NO_SHARD", "HYBRID_SHARD"] = "FULL_SHARD",
     activation_checkpointing: bool = False,
-    state_dict_type: str = "full",
+    state_dict_type: Literal["full", "sharded"] = "full",
     cpu_offload: bool = False,
     **kwargs: Any,
 ):

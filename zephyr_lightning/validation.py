@@ -1,32 +1,36 @@
 """Check a composed training config before anything is built or loaded.
 
 `validate_config` takes the config as plain Python values (``OmegaConf.to_container(cfg, resolve=True)``
-in ``train.py``), so it needs no Hydra and is tested with plain dicts. It collects every problem, each
-naming the Hydra key and the bad value (``module.beta=0.0: must be > 0``), so one run reports them all
-instead of failing on the first after minutes of model loading. The allowed values come from the
-modules that use them; the classes still check their own arguments when used without this app.
+in the train command), so it needs no Hydra and is tested with plain dicts. It collects every problem,
+each naming the Hydra key and the bad value (``module.beta=0.0: must be > 0``), so one run reports them
+all instead of failing on the first after minutes of model loading.
+
+Two kinds of rules:
+
+- each object's own arguments: every node with a ``_target_`` is checked against its target's signature
+  (`zephyr_lightning.arguments`), the same declaration its constructor and the sweep checker read;
+- rules across objects or about the run, which belong to no single class and live here: the data
+  splits exist, the trainer runs at least one step, ``resume`` / ``ckpt_path``, and that an optimizer
+  step survives rounding in the dtype the parameters are trained in (`zephyr_lightning.precision`).
 """
 
 from __future__ import annotations
 
 import logging
 import numbers
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
-from zephyr_lightning.callbacks.nonfinite import MODES as NONFINITE_MODES
-from zephyr_lightning.data.base import ON_BAD_ROW, ON_TOO_LONG
-from zephyr_lightning.data.packing import STRATEGIES
-from zephyr_lightning.data.sft import LOSS_ON
+from zephyr_lightning.arguments import argument_errors
 from zephyr_lightning.data.sources import split_file
-from zephyr_lightning.losses import LOSS_TYPES
-from zephyr_lightning.models import _DTYPES, ATTN_IMPLEMENTATIONS
-from zephyr_lightning.optim import SCHEDULES
+from zephyr_lightning.precision import masters_kept, rounded_update_problem, trainable_dtype
 from zephyr_lightning.resume import ckpt_choice_errors
 
 log = logging.getLogger(__name__)
 
 _MISSING = object()
+# Objects checked first, so the errors read from the stage's own settings outwards.
+_ORDER = ("module", "model", "optim", "data")
 
 
 class ConfigError(ValueError):
@@ -46,6 +50,38 @@ def _get(cfg: Mapping[str, Any], key: str) -> Any:
     return node
 
 
+def _is_interpolation(value: Any) -> bool:
+    return isinstance(value, str) and value.startswith("${") and value.endswith("}")
+
+
+def target_nodes(cfg: Any, unresolved: Any = None, prefix: str = "") -> Iterator[tuple[str, Mapping[str, Any]]]:
+    """``(key, node)`` for every node with a ``_target_``, outermost first. A node that is an
+    interpolation in ``unresolved`` (``policy: ${model}``) is skipped: it is checked where it is defined."""
+    if _is_interpolation(unresolved):
+        return
+    if isinstance(cfg, Mapping):
+        if "_target_" in cfg and prefix:
+            yield prefix, cfg
+        keys = sorted(cfg, key=lambda k: (_ORDER.index(k) if not prefix and k in _ORDER else len(_ORDER)))
+        for key in keys:
+            below = unresolved.get(key) if isinstance(unresolved, Mapping) else None
+            yield from target_nodes(cfg[key], below, f"{prefix}.{key}" if prefix else str(key))
+    elif isinstance(cfg, (list, tuple)):
+        for index, item in enumerate(cfg):
+            below = unresolved[index] if isinstance(unresolved, (list, tuple)) and index < len(unresolved) else None
+            yield from target_nodes(item, below, f"{prefix}[{index}]")
+
+
+def _object_errors(cfg: Mapping[str, Any], unresolved: Any) -> list[str]:
+    errors: list[str] = []
+    for key, node in target_nodes(cfg, unresolved):
+        try:
+            errors.extend(argument_errors(node["_target_"], node, prefix=key))
+        except ImportError as err:
+            errors.append(f"{key}._target_={node['_target_']!r}: {err}")
+    return errors
+
+
 class _Checks:
     def __init__(self, cfg: Mapping[str, Any]) -> None:
         self.cfg = cfg
@@ -55,52 +91,16 @@ class _Checks:
     def fail(self, key: str, value: Any, problem: str) -> None:
         self.errors.append(f"{key}={value!r}: {problem}")
 
-    def number(
-        self,
-        key: str,
-        *,
-        gt: float | None = None,
-        ge: float | None = None,
-        lt: float | None = None,
-        le: float | None = None,
-        integer: bool = False,
-        optional: bool = False,
-    ) -> float | None:
-        """The value at ``key`` if present and in range; records an error otherwise."""
+    def integer(self, key: str, *, minimum: int, not_zero: bool = False, problem: str = "") -> None:
         value = _get(self.cfg, key)
-        if value is _MISSING or (value is None and optional):
-            return None
-        kind = numbers.Integral if integer else numbers.Real
-        if isinstance(value, bool) or not isinstance(value, kind):
-            self.fail(key, value, f"must be {'an integer' if integer else 'a number'}")
-            return None
-        bounds = []
-        if gt is not None and not value > gt:
-            bounds.append(f"> {gt}")
-        if ge is not None and not value >= ge:
-            bounds.append(f">= {ge}")
-        if lt is not None and not value < lt:
-            bounds.append(f"< {lt}")
-        if le is not None and not value <= le:
-            bounds.append(f"<= {le}")
-        if bounds:
-            self.fail(key, value, "must be " + " and ".join(bounds))
-            return None
-        return value
-
-    def choice(self, key: str, choices: tuple | list, *, optional: bool = False) -> Any:
-        value = _get(self.cfg, key)
-        if value is _MISSING or (value is None and optional):
-            return None
-        if value not in choices:
-            self.fail(key, value, f"must be one of {list(choices)}")
-            return None
-        return value
-
-    def boolean(self, key: str) -> None:
-        value = _get(self.cfg, key)
-        if value is not _MISSING and not isinstance(value, bool):
-            self.fail(key, value, "must be true or false")
+        if value is _MISSING or value is None:
+            return
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            self.fail(key, value, "must be an integer")
+        elif value < minimum:
+            self.fail(key, value, f"must be >= {minimum}")
+        elif not_zero and value == 0:
+            self.fail(key, value, problem)
 
 
 def _hub_splits(source: str, name: str | None) -> list[str] | None:
@@ -140,64 +140,78 @@ def _check_split(checks: _Checks, key: str, source: Any, name: Any) -> None:
         checks.fail(key, split, f"{source} has no such split; it has {available}")
 
 
-def _check_data(checks: _Checks) -> None:
-    max_length = checks.number("data.max_length", ge=2, integer=True)
-    prompt = checks.number("data.max_prompt_length", gt=0, integer=True)
-    if max_length is not None and prompt is not None and not prompt < max_length:
-        checks.fail("data.max_prompt_length", prompt, f"must be < data.max_length ({max_length})")
-    checks.number("data.batch_size", ge=1, integer=True)
-    checks.number("data.eval_batch_size", ge=1, integer=True, optional=True)
-    checks.number("data.num_workers", ge=0, integer=True)
-    checks.number("data.max_train_samples", ge=1, integer=True, optional=True)
-    checks.number("data.max_val_samples", ge=1, integer=True, optional=True)
-    checks.choice("data.on_bad_row", ON_BAD_ROW)
-    checks.choice("data.on_too_long", ON_TOO_LONG)
-    checks.choice("data.loss_on", LOSS_ON)
-    checks.choice("data.packing_strategy", STRATEGIES)
+def _check_data_sources(checks: _Checks) -> None:
     source, name = _get(checks.cfg, "data.path"), _get(checks.cfg, "data.name")
     for key in ("data.train_split", "data.val_split"):
         _check_split(checks, key, source, None if name is _MISSING else name)
 
 
-def _check_module(checks: _Checks) -> None:
-    checks.number("module.beta", gt=0)
-    checks.choice("module.loss_type", LOSS_TYPES)
-    checks.number("module.label_smoothing", ge=0, lt=0.5)
-    checks.boolean("module.reference_free")
-
-
-def _check_optim(checks: _Checks) -> None:
-    checks.number("optim.lr", gt=0)
-    checks.number("optim.warmup_ratio", ge=0, lt=1)
-    checks.number("optim.min_lr_ratio", ge=0, le=1)
-    checks.number("optim.weight_decay", ge=0)
-    checks.number("optim.eps", gt=0)
-    checks.choice("optim.schedule", SCHEDULES)
-    betas = _get(checks.cfg, "optim.betas")
-    if betas is not _MISSING and (
-        not isinstance(betas, (list, tuple))
-        or len(betas) != 2
-        or not all(isinstance(b, numbers.Real) and not isinstance(b, bool) and 0 <= b < 1 for b in betas)
-    ):
-        checks.fail("optim.betas", betas, "must be two numbers in [0, 1)")
-
-
-def _check_model(checks: _Checks) -> None:
-    checks.choice("model.dtype", (*_DTYPES, "auto"))
-    checks.choice("model.attn_implementation", ATTN_IMPLEMENTATIONS)
-    checks.boolean("model.trust_remote_code")
-    checks.boolean("model.gradient_checkpointing")
-
-
 def _check_trainer(checks: _Checks) -> None:
-    checks.number("trainer.max_epochs", ge=-1, integer=True, optional=True)
-    checks.number("trainer.max_steps", ge=-1, integer=True, optional=True)
-    checks.number("trainer.accumulate_grad_batches", ge=1, integer=True)
-    checks.number("trainer.gradient_clip_val", ge=0, optional=True)
-    checks.number("trainer.limit_train_batches", gt=0, optional=True)
-    checks.number("callbacks.model_checkpoint.every_n_train_steps", ge=0, integer=True, optional=True)
-    checks.choice("callbacks.nonfinite_guard.mode", NONFINITE_MODES)
-    checks.number("callbacks.nonfinite_guard.max_consecutive_skips", ge=1, integer=True)
+    # Lightning declares no ranges for these; a run that cannot take a step would still load everything.
+    nothing = "trains nothing (the run would load the model and data, then export an untrained model)"
+    checks.integer("trainer.max_epochs", minimum=-1, not_zero=True, problem=nothing)
+    checks.integer("trainer.max_steps", minimum=-1, not_zero=True, problem=nothing)
+    checks.integer("trainer.accumulate_grad_batches", minimum=1)
+    checks.integer("callbacks.model_checkpoint.every_n_train_steps", minimum=0)
+    for key in ("trainer.gradient_clip_val", "trainer.limit_train_batches"):
+        value = _get(checks.cfg, key)
+        if isinstance(value, numbers.Real) and not isinstance(value, bool):
+            if key.endswith("limit_train_batches") and not value > 0:
+                checks.fail(key, value, f"must be > 0 ({nothing})")
+            elif value < 0:
+                checks.fail(key, value, "must be >= 0")
+
+
+def _trained_model(cfg: Mapping[str, Any]) -> tuple[str, Mapping[str, Any]] | None:
+    """The key and node of the model the stage trains (``module.policy`` or ``module.model``)."""
+    module = cfg.get("module")
+    if not isinstance(module, Mapping):
+        return None
+    for name in ("policy", "model"):
+        node = module.get(name)
+        if isinstance(node, Mapping):
+            return f"module.{name}", node
+    return None
+
+
+def _strategy_target(cfg: Mapping[str, Any]) -> str | None:
+    strategy = _get(cfg, "trainer.strategy")
+    if isinstance(strategy, Mapping):
+        return str(strategy.get("_target_", ""))
+    return strategy if isinstance(strategy, str) else None
+
+
+def _check_precision(checks: _Checks) -> None:
+    """An optimizer step must survive rounding in the dtype the trained parameters are stored in."""
+    found = _trained_model(checks.cfg)
+    lr, precision = _get(checks.cfg, "optim.lr"), _get(checks.cfg, "trainer.precision")
+    if found is None or not isinstance(lr, numbers.Real) or _get(checks.cfg, "optim.allow_low_precision_updates") is True:
+        return
+    key, model = found
+    precision = None if precision is _MISSING else precision
+    strategy = _strategy_target(checks.cfg)
+    try:
+        dtype = trainable_dtype(model.get("dtype"), precision, adapters=bool(model.get("peft")))
+    except KeyError:
+        return  # an unknown dtype name: the ModelSpec check reports it
+    if masters_kept(strategy, precision):
+        return
+    problem = rounded_update_problem(dtype, float(lr))
+    if problem:
+        where = "model" if checks.cfg.get("model") == model else key  # `policy: ${model}`: the user sets model.*
+        checks.fail(
+            "optim.lr", lr,
+            f"{problem} ({where}.dtype={model.get('dtype')!r}, trainer.precision={precision!r}). "
+            "Fix: model.dtype=float32 with trainer.precision=bf16-mixed (fp32 master weights, bf16 compute), "
+            "or strategy=deepspeed_zero3; optim.allow_low_precision_updates=true runs it anyway",
+        )
+    reference_dtype = _get(checks.cfg, "module.reference_dtype")
+    fsdp = bool(strategy) and "fsdp" in strategy.lower()
+    stored = trainable_dtype(model.get("dtype"), None)
+    if fsdp and reference_dtype not in (_MISSING, None) and trainable_dtype(reference_dtype, None) != stored:
+        checks.fail("module.reference_dtype", reference_dtype,
+                    f"differs from the policy's dtype ({model.get('dtype')!r}); under FSDP the frozen reference is "
+                    "sharded in the same units as the policy, which need one dtype: leave it null")
 
 
 def _check_resume(checks: _Checks) -> None:
@@ -206,30 +220,26 @@ def _check_resume(checks: _Checks) -> None:
     checks.errors.extend(str(error) for error in errors)
 
 
-def validate_config(cfg: Mapping[str, Any]) -> list[str]:
+def validate_config(cfg: Mapping[str, Any], unresolved: Mapping[str, Any] | None = None) -> list[str]:
     """Every problem found in a resolved training config (plain dicts and lists); [] when it is fine.
 
-    Checked: ``module.beta > 0``, a known ``module.loss_type``, ``module.label_smoothing`` in [0, 0.5);
-    ``optim.lr > 0``, ``optim.warmup_ratio`` in [0, 1) and the other optimizer values; data lengths
-    (``data.max_prompt_length < data.max_length``), batch sizes and modes; that ``data.train_split``
-    and ``data.val_split`` exist (local files and folders always; hub data sets only when their split
-    names are cached and the hub is offline, otherwise noted and left to loading); model dtype and
-    attention; trainer step settings; ``resume`` / ``ckpt_path``.
+    ``unresolved`` is the same config with interpolations kept (``OmegaConf.to_container(cfg,
+    resolve=False)``): a node that merely repeats another (``module.policy: ${model}``) is then checked
+    once, where it is defined.
     """
     checks = _Checks(cfg)
-    _check_module(checks)
-    _check_optim(checks)
-    _check_data(checks)
-    _check_model(checks)
+    checks.errors.extend(_object_errors(cfg, unresolved))
+    _check_data_sources(checks)
     _check_trainer(checks)
+    _check_precision(checks)
     _check_resume(checks)
     for note in checks.notes:
         log.info("config: %s", note)
     return checks.errors
 
 
-def check_config(cfg: Mapping[str, Any]) -> None:
+def check_config(cfg: Mapping[str, Any], unresolved: Mapping[str, Any] | None = None) -> None:
     """Raise `ConfigError` listing every problem `validate_config` finds."""
-    errors = validate_config(cfg)
+    errors = validate_config(cfg, unresolved)
     if errors:
         raise ConfigError(errors)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import Counter
-from typing import Any
+from typing import Any, Literal, get_args
 
 import datasets
 import lightning as L
@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
+from zephyr_lightning.arguments import NonNegativeInt, PositiveInt, check_arguments
 from zephyr_lightning.data.chat import BadRowError
 from zephyr_lightning.data.resumable import ResumableDataLoader
 from zephyr_lightning.data.sources import BadLine, load_split_report
@@ -23,8 +24,10 @@ from zephyr_lightning.models import ModelSpec, load_tokenizer
 log = logging.getLogger(__name__)
 
 # `error` makes an over-long row a bad row, so that `on_bad_row` decides: stop naming it, or skip it.
-ON_TOO_LONG = ("truncate", "drop", "error")
-ON_BAD_ROW = ("error", "skip")
+OnTooLong = Literal["truncate", "drop", "error"]
+OnBadRow = Literal["error", "skip"]
+ON_TOO_LONG: tuple[str, ...] = get_args(OnTooLong)
+ON_BAD_ROW: tuple[str, ...] = get_args(OnBadRow)
 KEPT = ("ok", "truncated")
 
 
@@ -98,25 +101,20 @@ class ChatDataModule(L.LightningDataModule):
         *,
         train_split: str,
         val_split: str | None,
-        on_too_long: str = "truncate",
-        on_bad_row: str = "error",
-        batch_size: int = 8,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        num_proc: int | None = None,
-        max_train_samples: int | None = None,
-        max_val_samples: int | None = None,
+        on_too_long: OnTooLong = "truncate",
+        on_bad_row: OnBadRow = "error",
+        batch_size: PositiveInt = 8,
+        eval_batch_size: PositiveInt | None = None,
+        num_workers: NonNegativeInt = 0,
+        num_proc: PositiveInt | None = None,
+        max_train_samples: PositiveInt | None = None,
+        max_val_samples: PositiveInt | None = None,
         name: str | None = None,
         cache_dir: str | None = None,
         seed: int = 0,
     ) -> None:
+        check_arguments(ChatDataModule, locals(), prefix="data")
         super().__init__()
-        if on_too_long not in ON_TOO_LONG:
-            raise ValueError(f"data.on_too_long={on_too_long!r} is not one of {list(ON_TOO_LONG)}")
-        if on_bad_row not in ON_BAD_ROW:
-            raise ValueError(f"data.on_bad_row={on_bad_row!r} is not one of {list(ON_BAD_ROW)}")
-        if batch_size < 1:
-            raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
         self.path = path
         self.tokenizer = tokenizer if isinstance(tokenizer, PreTrainedTokenizerBase) else load_tokenizer(tokenizer)
         self.splits = {"train": train_split, "val": val_split}

@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Sequence
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor
 
-STRATEGIES = ("best_fit_decreasing", "first_fit_decreasing", "first_fit")
+from zephyr_lightning.arguments import check_arguments
+
+PackingStrategy = Literal["best_fit_decreasing", "first_fit_decreasing", "first_fit"]
+STRATEGIES: tuple[str, ...] = get_args(PackingStrategy)
 
 
 def _first_fit(order: Sequence[int], lengths: Sequence[int], capacity: int) -> list[list[int]]:
@@ -73,14 +77,13 @@ def _best_fit(order: Sequence[int], lengths: Sequence[int], capacity: int) -> li
     return bins
 
 
-def pack_lengths(lengths: Sequence[int], capacity: int, strategy: str = "best_fit_decreasing") -> list[list[int]]:
+def pack_lengths(lengths: Sequence[int], capacity: int, strategy: PackingStrategy = "best_fit_decreasing") -> list[list[int]]:
     """Group sequence indices into bins whose total length is at most ``capacity``.
 
     ``best_fit_decreasing`` and ``first_fit_decreasing`` sort by length first (tightest packing);
     ``first_fit`` keeps the data order as far as possible.
     """
-    if strategy not in STRATEGIES:
-        raise ValueError(f"data.packing_strategy={strategy!r} is not one of {list(STRATEGIES)}")
+    check_arguments(pack_lengths, {"strategy": strategy}, prefix="data")
     too_long = [i for i, n in enumerate(lengths) if n > capacity]
     if too_long:
         raise ValueError(f"{len(too_long)} sequences are longer than the packing capacity {capacity} (e.g. #{too_long[0]})")

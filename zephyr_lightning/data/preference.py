@@ -8,10 +8,12 @@ is the final assistant turn plus EOS.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
+from pydantic import Field
 from transformers import PreTrainedTokenizerBase
 
+from zephyr_lightning.arguments import PositiveInt, check_arguments, cross_check
 from zephyr_lightning.data.base import ChatDataModule, RowTokenizer
 from zephyr_lightning.data.chat import BadRowError, tokenize_prompt_completion, validate_messages
 from zephyr_lightning.data.collators import PreferenceCollator
@@ -72,6 +74,13 @@ class PreferenceTokenizer(RowTokenizer):
         return values, status
 
 
+def _prompt_shorter_than_pair(arguments: dict) -> tuple[str, str] | None:
+    if arguments["max_prompt_length"] >= arguments["max_length"]:
+        return "max_prompt_length", f"must be < data.max_length ({arguments['max_length']})"
+    return None
+
+
+@cross_check(_prompt_shorter_than_pair)
 class PreferenceDataModule(ChatDataModule):
     """DPO data: preference pairs from a hub data set or local files, tokenized with a chat template.
 
@@ -103,16 +112,13 @@ class PreferenceDataModule(ChatDataModule):
         *,
         train_split: str = "train_prefs",
         val_split: str | None = "test_prefs",
-        max_length: int = 1024,
-        max_prompt_length: int = 512,
+        max_length: Annotated[int, Field(ge=2)] = 1024,
+        max_prompt_length: PositiveInt = 512,
         packing: bool = False,
-        pad_to_multiple_of: int | None = None,
+        pad_to_multiple_of: PositiveInt | None = None,
         **kwargs: Any,
     ) -> None:
-        if not 0 < max_prompt_length < max_length:
-            raise ValueError(
-                f"data.max_prompt_length ({max_prompt_length}) must be > 0 and < data.max_length ({max_length})"
-            )
+        check_arguments(PreferenceDataModule, locals(), prefix="data")
         super().__init__(path, tokenizer, train_split=train_split, val_split=val_split, **kwargs)
         self.max_length = max_length
         self.max_prompt_length = max_prompt_length

@@ -8,20 +8,23 @@ from __future__ import annotations
 
 import logging
 import random
-from typing import Any
+from typing import Annotated, Any, Literal, get_args
 
+from pydantic import Field
 from torch.utils.data import Dataset
 from transformers import PreTrainedTokenizerBase
 
+from zephyr_lightning.arguments import PositiveInt, check_arguments
 from zephyr_lightning.data.base import ChatDataModule, RowTokenizer
 from zephyr_lightning.data.chat import BadRowError, tokenize_chat, validate_messages
 from zephyr_lightning.data.collators import SFTCollator
-from zephyr_lightning.data.packing import STRATEGIES, pack_lengths, padding_fraction
+from zephyr_lightning.data.packing import PackingStrategy, pack_lengths, padding_fraction
 from zephyr_lightning.models import ModelSpec
 
 log = logging.getLogger(__name__)
 
-LOSS_ON = ("assistant", "all")
+LossOn = Literal["assistant", "all"]
+LOSS_ON: tuple[str, ...] = get_args(LossOn)
 
 
 class SFTTokenizer(RowTokenizer):
@@ -101,19 +104,14 @@ class SFTDataModule(ChatDataModule):
         *,
         train_split: str = "train_sft",
         val_split: str | None = "test_sft",
-        max_length: int = 2048,
-        loss_on: str = "assistant",
+        max_length: Annotated[int, Field(ge=2)] = 2048,
+        loss_on: LossOn = "assistant",
         packing: bool = False,
-        packing_strategy: str = "best_fit_decreasing",
-        pad_to_multiple_of: int | None = None,
+        packing_strategy: PackingStrategy = "best_fit_decreasing",
+        pad_to_multiple_of: PositiveInt | None = None,
         **kwargs: Any,
     ) -> None:
-        if loss_on not in LOSS_ON:
-            raise ValueError(f"data.loss_on={loss_on!r} is not one of {list(LOSS_ON)}")
-        if packing_strategy not in STRATEGIES:
-            raise ValueError(f"data.packing_strategy={packing_strategy!r} is not one of {list(STRATEGIES)}")
-        if max_length < 2:
-            raise ValueError(f"data.max_length must be >= 2, got {max_length}")
+        check_arguments(SFTDataModule, locals(), prefix="data")
         super().__init__(path, tokenizer, train_split=train_split, val_split=val_split, **kwargs)
         self.max_length = max_length
         self.loss_on = loss_on

@@ -12,13 +12,13 @@ from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 
+from zephyr_lightning.arguments import check_arguments, cross_check
 from zephyr_lightning.data.collators import batch_tokens
-from zephyr_lightning.logprobs import pair_logprobs
-from zephyr_lightning.losses import LOSS_TYPES, dpo_loss
-from zephyr_lightning.models import ModelSpec, as_spec
+from zephyr_lightning.logprobs import PairLogps, pair_logprobs
+from zephyr_lightning.losses import Beta, LabelSmoothing, LossType, dpo_loss, label_smoothing_rule
+from zephyr_lightning.models import DType, ModelSpec, as_spec
 from zephyr_lightning.modules.base import CausalLMModule
 from zephyr_lightning.optim import OptimizerConfig
-from zephyr_lightning.reference import ReferenceLogpsStore, attach_reference_logps
 
 # TRL's names, so runs compare with what users know.
 METRICS = (
@@ -32,6 +32,7 @@ METRICS = (
 )
 PROGRESS_BAR = ("loss", "rewards/accuracies")
 REFERENCE_PREFIX = "reference."
+PRECOMPUTED = ("reference_chosen_logps", "reference_rejected_logps")
 
 
 def logged_names(stage: str, metric: str) -> tuple[str | None, str]:
@@ -50,6 +51,7 @@ def _metric_set() -> nn.ModuleDict:
     return nn.ModuleDict({name: torchmetrics.MeanMetric() for name in METRICS})
 
 
+@cross_check(label_smoothing_rule)
 class DPOModule(CausalLMModule):
     """DPO (Rafailov et al. 2023) as in Zephyr's dDPO stage.
 
@@ -59,15 +61,18 @@ class DPOModule(CausalLMModule):
         reference: the frozen reference model. ``None`` rebuilds it from the policy's source (the usual
             case: reference = the dSFT model the policy starts from); a spec/name loads another model;
             a ready model is used as is. Unused with ``reference_free=True``.
+        reference_dtype: the dtype of a reference rebuilt from the policy's source (``None``: the
+            policy's). The reference is never updated, so ``bfloat16`` halves its memory at no cost to
+            the policy's fp32 master weights.
         beta: strength of the KL constraint (paper: 0.1; alignment handbook: 0.01).
         loss_type: ``sigmoid`` (DPO), ``ipo`` or ``hinge``; see `dpo_loss`.
         label_smoothing: cDPO's assumed label-noise rate (sigmoid loss only).
-        reference_free: compare against a uniform reference instead of a model.
+        reference_free: compare against a uniform reference (log-probs 0) instead of a model.
         precompute_reference: run the reference once over the DataModule's splits before training,
             store its log-probs on disk (``reference_cache_dir``, default ``~/.cache/zephyr_lightning/
             reference_logps``), reuse them in later runs with the same reference and data, and never
-            load the reference during training. Needs a DataModule with ``datasets`` and ``collator``
-            (`PreferenceDataModule`).
+            load the reference during training (`zephyr_lightning.callbacks.PrecomputedReference`, which
+            this module adds to the Trainer). Needs a `PreferenceDataModule`.
         optim: optimizer and schedule (paper: lr 5e-7, linear, 10% warmup).
 
     The reference is frozen (``requires_grad_(False)``, always in eval mode), kept out of the
@@ -80,20 +85,16 @@ class DPOModule(CausalLMModule):
         policy: PreTrainedModel | ModelSpec | str | dict[str, Any],
         reference: PreTrainedModel | ModelSpec | str | dict[str, Any] | None = None,
         *,
-        beta: float = 0.1,
-        loss_type: str = "sigmoid",
-        label_smoothing: float = 0.0,
+        reference_dtype: DType | None = None,
+        beta: Beta = 0.1,
+        loss_type: LossType = "sigmoid",
+        label_smoothing: LabelSmoothing = 0.0,
         reference_free: bool = False,
         precompute_reference: bool = False,
         reference_cache_dir: str | None = None,
         optim: OptimizerConfig | dict[str, Any] | None = None,
     ) -> None:
-        if not beta > 0:
-            raise ValueError(f"module.beta must be > 0, got {beta}")
-        if loss_type not in LOSS_TYPES:
-            raise ValueError(f"module.loss_type={loss_type!r} is not one of {list(LOSS_TYPES)}")
-        if not 0.0 <= label_smoothing < 0.5:
-            raise ValueError(f"module.label_smoothing must be in [0, 0.5), got {label_smoothing}")
+        check_arguments(DPOModule, locals(), prefix="module")
         if isinstance(reference, PreTrainedModel):
             reference_hparam: Any = getattr(reference, "name_or_path", None) or type(reference).__name__
         elif reference is not None:
@@ -106,6 +107,7 @@ class DPOModule(CausalLMModule):
             optim,
             model_arg="policy",
             reference=reference_hparam,
+            reference_dtype=reference_dtype,
             beta=beta,
             loss_type=loss_type,
             label_smoothing=label_smoothing,
@@ -127,7 +129,7 @@ class DPOModule(CausalLMModule):
             elif reference is not None:
                 self.reference_spec = reference
             elif self.model_spec is not None:
-                self.reference_spec = self.model_spec
+                self.reference_spec = self.model_spec.with_dtype(reference_dtype)
             else:
                 # A policy given as a ready model: its current weights are the reference.
                 self._set_reference(copy.deepcopy(self.model))
@@ -142,6 +144,75 @@ class DPOModule(CausalLMModule):
     def policy(self) -> PreTrainedModel | None:
         return self.model
 
+    @classmethod
+    def logged_metrics(cls) -> tuple[str, ...]:
+        return tuple(name for stage in ("train", "val") for metric in METRICS
+                     for name in logged_names(stage, metric) if name is not None)
+
+    # ---- the step -------------------------------------------------------------------------------
+
+    def preference_step(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        """Per-pair loss and TRL's statistics for a batch: one forward pass of the policy and, unless
+        the reference's log-probs are precomputed or the reference is uniform, one of the reference."""
+        policy = pair_logprobs(self.model, batch)
+        reference = self.reference_logps(batch, policy)
+        losses, chosen_rewards, rejected_rewards = dpo_loss(
+            policy.chosen,
+            policy.rejected,
+            reference.chosen,
+            reference.rejected,
+            beta=self.beta,
+            loss_type=self.loss_type,
+            label_smoothing=self.label_smoothing,
+            chosen_lengths=policy.chosen_tokens,
+            rejected_lengths=policy.rejected_tokens,
+        )
+        return {
+            "loss": losses,
+            "rewards/chosen": chosen_rewards,
+            "rewards/rejected": rejected_rewards,
+            # Strictly greater: a policy equal to its reference scores 0, not 0.5.
+            "rewards/accuracies": (chosen_rewards > rejected_rewards).float(),
+            "rewards/margins": chosen_rewards - rejected_rewards,
+            "logps/chosen": policy.chosen.detach(),
+            "logps/rejected": policy.rejected.detach(),
+        }
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        values = self.preference_step(batch)
+        self._log_stage("train", values)
+        return values["loss"].mean()
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._log_stage("val", self.preference_step(batch))
+
+    @torch.no_grad()
+    def reference_logps(self, batch: dict[str, Any], policy: PairLogps) -> PairLogps:
+        """The reference's log-probs of the batch: precomputed ones when the batch carries them, zeros for
+        a uniform reference (``reference_free``), else a forward pass of the frozen reference."""
+        if PRECOMPUTED[0] in batch:
+            return policy._replace(chosen=batch[PRECOMPUTED[0]], rejected=batch[PRECOMPUTED[1]])
+        if self.reference_free:
+            return policy._replace(chosen=torch.zeros_like(policy.chosen), rejected=torch.zeros_like(policy.rejected))
+        if self.reference is None:
+            raise RuntimeError("the reference model is not loaded and the batch carries no precomputed reference log-probs")
+        return pair_logprobs(self.reference, batch)
+
+    def _log_stage(self, stage: str, values: dict[str, Tensor]) -> None:
+        pairs = values["loss"].shape[0]
+        for name, value in values.items():
+            metric = (self.train_metrics if stage == "train" else self.val_metrics)[name]
+            metric.update(value.detach())
+            step_name, epoch_name = logged_names(stage, name)
+            if step_name is not None:
+                self.log(step_name, value.detach().mean(), on_step=True, on_epoch=False,
+                         prog_bar=name in PROGRESS_BAR, batch_size=pairs)
+            # Epoch values come from torchmetrics, which sums across devices before dividing.
+            self.log(epoch_name, metric, on_step=False, on_epoch=True,
+                     prog_bar=step_name is None and name in PROGRESS_BAR, batch_size=pairs)
+
+    # ---- the reference model --------------------------------------------------------------------
+
     def _set_reference(self, model: PreTrainedModel) -> None:
         self.parameter_count(model)
         model.requires_grad_(False)
@@ -153,36 +224,12 @@ class DPOModule(CausalLMModule):
         if self.reference is None and self.reference_spec is not None and not self.precompute_reference:
             self._set_reference(self.reference_spec.load_model())
 
-    def setup(self, stage: str) -> None:
-        if self.precompute_reference:
-            self._attach_reference_logps()
+    def configure_callbacks(self) -> list:
+        if not self.precompute_reference:
+            return []
+        from zephyr_lightning.callbacks.reference_logps import PrecomputedReference
 
-    def _attach_reference_logps(self) -> None:
-        datamodule = self.trainer.datamodule
-        if datamodule is None or not hasattr(datamodule, "datasets") or not hasattr(datamodule, "collator"):
-            raise TypeError("precompute_reference=True needs a DataModule with `datasets` and `collator` "
-                            "(e.g. PreferenceDataModule)")
-        if all("reference_chosen_logps" in d.column_names for d in datamodule.datasets.values()):
-            return
-        source = self.reference if self.reference is not None else self.reference_spec
-        trainer = self.trainer
-        datamodule.datasets.update(
-            attach_reference_logps(
-                datamodule.datasets,
-                datamodule.collator,
-                source,
-                store=ReferenceLogpsStore(self.reference_cache_dir),
-                batch_size=getattr(datamodule, "eval_batch_size", None) or 8,
-                device=trainer.strategy.root_device,
-                rank=trainer.global_rank,
-                world_size=trainer.world_size,
-                barrier=trainer.strategy.barrier,
-                prepare_model=trainer.precision_plugin.convert_module,
-                forward_context=trainer.precision_plugin.forward_context,
-            )
-        )
-        # The numbers are all training needs: free a reference that was handed in as a model.
-        self.reference = None
+        return [PrecomputedReference(self.reference_cache_dir)]
 
     def train(self, mode: bool = True) -> DPOModule:
         # Lightning toggles train/eval around validation on the whole module; the reference must stay
@@ -194,8 +241,11 @@ class DPOModule(CausalLMModule):
 
     def batch_flops(self, batch: dict[str, Any], training: bool) -> float:
         # The live reference adds one forward pass (2 x its params per token).
-        reference = 0 if "reference_chosen_logps" in batch else 2 * self.parameter_count(self.reference) * batch_tokens(batch)
+        live = self.reference is not None and PRECOMPUTED[0] not in batch
+        reference = 2 * self.parameter_count(self.reference) * batch_tokens(batch) if live else 0
         return super().batch_flops(batch, training) + reference
+
+    # ---- Lightning hooks ------------------------------------------------------------------------
 
     def on_fit_start(self) -> None:
         # Lightning warns about every module in eval mode at the start of training; the reference is
@@ -222,67 +272,3 @@ class DPOModule(CausalLMModule):
             # The reference was just rebuilt from its source; hand its own tensors back so that loading
             # is a no-op for it and Lightning has no missing keys to warn about.
             state.update(self.reference.state_dict(prefix=REFERENCE_PREFIX))
-
-    def policy_logps(self, batch: dict[str, Any]) -> Tensor:
-        return pair_logprobs(self.model, batch)
-
-    @torch.no_grad()
-    def reference_logps(self, batch: dict[str, Any]) -> Tensor:
-        """Reference log-probs of chosen then rejected: precomputed ones from the batch when present."""
-        if "reference_chosen_logps" in batch:
-            return torch.cat([batch["reference_chosen_logps"], batch["reference_rejected_logps"]])
-        if self.reference_free:
-            return torch.zeros(2 * len(batch["prompt_id"]), device=self.device)
-        return pair_logprobs(self.reference, batch)
-
-    def compute(self, batch: dict[str, Any]) -> dict[str, Tensor]:
-        """Per-pair loss and TRL-style statistics for a batch (one forward pass per model)."""
-        pairs = len(batch["prompt_id"])
-        policy = self.policy_logps(batch)
-        reference = self.reference_logps(batch)
-        losses, chosen_rewards, rejected_rewards = dpo_loss(
-            policy[:pairs],
-            policy[pairs:],
-            reference[:pairs],
-            reference[pairs:],
-            beta=self.beta,
-            loss_type=self.loss_type,
-            label_smoothing=self.label_smoothing,
-            reference_free=self.reference_free,
-        )
-        return {
-            "loss": losses,
-            "rewards/chosen": chosen_rewards,
-            "rewards/rejected": rejected_rewards,
-            # Strictly greater: a policy equal to its reference scores 0, not 0.5.
-            "rewards/accuracies": (chosen_rewards > rejected_rewards).float(),
-            "rewards/margins": chosen_rewards - rejected_rewards,
-            "logps/chosen": policy[:pairs].detach(),
-            "logps/rejected": policy[pairs:].detach(),
-        }
-
-    @classmethod
-    def logged_metrics(cls) -> tuple[str, ...]:
-        return tuple(name for stage in ("train", "val") for metric in METRICS
-                     for name in logged_names(stage, metric) if name is not None)
-
-    def _log_stage(self, stage: str, values: dict[str, Tensor]) -> None:
-        pairs = values["loss"].shape[0]
-        for name, value in values.items():
-            metric = (self.train_metrics if stage == "train" else self.val_metrics)[name]
-            metric.update(value.detach())
-            step_name, epoch_name = logged_names(stage, name)
-            if step_name is not None:
-                self.log(step_name, value.detach().mean(), on_step=True, on_epoch=False,
-                         prog_bar=name in PROGRESS_BAR, batch_size=pairs)
-            # Epoch values come from torchmetrics, which sums across devices before dividing.
-            self.log(epoch_name, metric, on_step=False, on_epoch=True,
-                     prog_bar=step_name is None and name in PROGRESS_BAR, batch_size=pairs)
-
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        values = self.compute(batch)
-        self._log_stage("train", values)
-        return values["loss"].mean()
-
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._log_stage("val", self.compute(batch))
