@@ -33,8 +33,6 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 def compose(overrides: list[str], output_dir: Path):
     """The real configs, composed as `python train.py <overrides>` would, writing under output_dir."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
+    from zephyr_lightning.cli.configs import compose as compose_config
 
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return hydra_compose("train", overrides=[*overrides, f"paths.output_dir={output_dir}"])
+    return compose_config("train", [*overrides, f"paths.output_dir={output_dir}"], config_dir=CONF_DIR)

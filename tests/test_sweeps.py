@@ -312,6 +312,9 @@ def test_offline_twin_searches_the_same_space(sweep_file, hparams_search, tmp_pa
     experiment = _require_experiment(path)
     sweep = yaml.safe_load(path.read_text())
 
+    from zephyr_lightning.cli.configs import register_signatures
+
+    register_signatures()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = hydra_compose("train", overrides=[f"hparams_search={hparams_search}", f"+experiment={experiment}"],
                             return_hydra_config=True)

@@ -41,6 +41,7 @@ __all__ = [
     "argument_errors",
     "check_arguments",
     "cross_check",
+    "declared_arguments",
     "declared_defaults",
     "resolve_target",
     "NonNegative",
@@ -224,6 +225,7 @@ def argument_errors(
     prefix: str = "",
     allow_unknown: bool = False,
     skip: Iterable[str] = (),
+    require: bool = True,
 ) -> list[str]:
     """Every problem with calling ``target`` with ``values`` (keyword arguments), each as
     ``prefix.name=value: problem``. Values that are themselves ``_target_`` nodes are not checked here
@@ -256,7 +258,7 @@ def argument_errors(
     for name, (parameter, _) in declared.items():
         # A base class's required argument reached through **kwargs may be supplied by the subclass itself.
         required = parameter.default is inspect.Parameter.empty and name in own
-        if required and name not in values and name not in skipped:
+        if require and required and name not in values and name not in skipped:
             errors.append(f"{_key(prefix, name)}: missing (required by {_name(target)})")
     if errors or not inspect.isclass(target):
         return errors
@@ -280,9 +282,14 @@ def check_arguments(target: Callable, arguments: Mapping[str, Any], *, prefix: s
     ``__post_init__``). Values that are not plain config data (a ready model) are checked as given."""
     declared = _declaration(target)
     values = {name: arguments[name] for name in declared if name in arguments}
-    errors = argument_errors(target, values, prefix=prefix, allow_unknown=True)
+    errors = argument_errors(target, values, prefix=prefix, allow_unknown=True, require=False)
     if errors:
         raise ArgumentError(errors)
+
+
+def declared_arguments(target: str | Callable) -> list[str]:
+    """The names of every argument ``target`` accepts (following ``**kwargs`` into base classes)."""
+    return list(_declaration(resolve_target(target)))
 
 
 def declared_defaults(target: str | Callable) -> dict[str, Any]:

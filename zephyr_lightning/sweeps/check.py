@@ -11,7 +11,8 @@ A W&B agent runs a sweep's ``command:`` once per trial, passing each parameter a
 - every parameter is a key of the composed experiment (a misspelt key is named, with the closest real ones);
 - every parameter composes at its extremes (min and max, each categorical value), formatted exactly as
   the W&B agent formats it, and the object that owns the key (the module, the optimizer config, ...)
-  accepts each of those values when instantiated;
+  accepts each of those values (the declaration in its signature, checked as train.py's config validation
+  checks it, so a value the run would refuse is refused here);
 - the metric is one that the experiment's module logs (its ``logged_metrics()``), and the runs log to W&B.
 
 `run_sweep_command` then runs the command once as an agent would (same expansion, W&B's own formatting)
@@ -22,15 +23,13 @@ Hydra is imported inside the functions that compose configs: ``import zephyr_lig
 
 from __future__ import annotations
 
-import contextlib
 import difflib
-import logging
 import math
 import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -336,20 +335,6 @@ def _owner(cfg: Any, key: str) -> str | None:
     return None
 
 
-@contextlib.contextmanager
-def _quiet_lightning() -> Iterator[None]:
-    # A Trainer built only to validate its arguments would print its device banner once per value.
-    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        for logger, level in zip(loggers, levels):
-            logger.setLevel(level)
-
-
 def _short(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[0] if text else ''}".rstrip(": ")
@@ -405,11 +390,15 @@ def _check_against_config(
     check: SweepCheck, problems: _Problems, config_dir: Path, config_name: str, command_overrides: Sequence[str]
 ) -> None:
     from hydra import compose, initialize_config_dir
-    from hydra.utils import get_class, instantiate
+    from hydra.utils import get_class
     from omegaconf import OmegaConf
+
+    from zephyr_lightning.cli.configs import register_signatures
+    from zephyr_lightning.validation import validate_config
 
     shown = check.path
     absent = object()
+    register_signatures()
     with tempfile.TemporaryDirectory(prefix="sweep-check-") as scratch, \
             initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
         try:
@@ -435,20 +424,15 @@ def _check_against_config(
                 override = agent_overrides({key: value})[0]
                 try:
                     composed = compose(config_name, overrides=[*base, override])
+                    plain = OmegaConf.to_container(composed, resolve=True)
                 except Exception as error:
                     problems.add(f"{shown}: parameters.{key}", f"{override} does not compose: {_short(error)}")
                     continue
-                owner = _owner(composed, key)
-                if owner is None:
-                    continue
-                node = OmegaConf.select(composed, owner)
-                try:
-                    with _quiet_lightning():
-                        instantiate(node, _convert_="all")
-                except Exception as error:
-                    cause = error.__cause__ or error
-                    problems.add(f"{shown}: parameters.{key}",
-                                 f"{override}: {node._target_} ({owner}) rejects it: {_short(cause)}")
+                # The same declarations the constructors and train.py's validation read.
+                owner = _owner(composed, key) or key
+                for error in validate_config(plain, OmegaConf.to_container(composed, resolve=False)):
+                    if error.split("=", 1)[0].split(":", 1)[0] == key:
+                        problems.add(f"{shown}: parameters.{key}", f"{override}: {owner} rejects it: {error}")
 
         module_cfg = cfg.get("module")
         if module_cfg is None or "_target_" not in module_cfg:

@@ -75,6 +75,7 @@ class TrialResult:
     error: str | None = None
     overrides: list[str] = field(default_factory=list)
     wandb_group: str | None = None
+    warnings: list[str] = field(default_factory=list)
 
     def to_json(self) -> str:
         data = asdict(self)
