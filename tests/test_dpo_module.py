@@ -122,7 +122,7 @@ def test_validation_metrics_are_means_over_all_pairs(tmp_path, tokenizer):
     per_pair = {k: [] for k in ("loss", "rewards/margins", "rewards/accuracies", "logps/chosen")}
     with torch.no_grad():
         for batch in datamodule.val_dataloader():
-            values = module.compute(batch)
+            values = module.preference_step(batch)
             for k in per_pair:
                 per_pair[k].append(values[k])
     for k, parts in per_pair.items():

@@ -28,7 +28,7 @@ def _all_values(module, datamodule, loader="val_dataloader"):
     out = {}
     with torch.no_grad():
         for batch in getattr(datamodule, loader)():
-            for k, v in module.compute(batch).items():
+            for k, v in module.preference_step(batch).items():
                 out.setdefault(k, []).append(v)
     return {k: torch.cat(v) for k, v in out.items()}
 

@@ -1,12 +1,16 @@
-"""`python train.py +experiment=dpo` as a user runs it: a real process, the embedded default."""
+"""`python train.py +experiment=...` as a user runs it: a real process, the embedded default.
+
+Time budgets are not asserted here (a busy machine would fail them): `benchmarks/default_commands.py`
+times these commands against their budget.
+"""
 
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -16,15 +20,14 @@ def _last_value(metrics_csv: Path, name: str) -> float:
     return _values(metrics_csv, name)[-1]
 
 
-def _run(experiment: str, run_dir: Path) -> float:
+def _run(experiment: str, run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    start = time.monotonic()
     result = subprocess.run(
-        [sys.executable, "train.py", f"+experiment={experiment}", f"hydra.run.dir={run_dir}", "logger=csv"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+        [sys.executable, "train.py", f"+experiment={experiment}", f"hydra.run.dir={run_dir}", "logger=csv", *overrides],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    return time.monotonic() - start
+    return result
 
 
 def _values(metrics_csv: Path, name: str) -> list[float]:
@@ -33,7 +36,7 @@ def _values(metrics_csv: Path, name: str) -> list[float]:
 
 
 def test_dpo_default_command_learns_the_preference(tmp_path):
-    elapsed = _run("dpo", tmp_path)
+    _run("dpo", tmp_path)
     metrics = next(tmp_path.glob("csv/**/metrics.csv"))
     accuracy = _last_value(metrics, "val/rewards/accuracies")
     assert accuracy > 0.5, f"val/rewards/accuracies={accuracy}"
@@ -41,14 +44,23 @@ def test_dpo_default_command_learns_the_preference(tmp_path):
     assert (tmp_path / "hf" / "model.safetensors").exists()
     assert (tmp_path / "checkpoints" / "last.ckpt").exists()
     assert (tmp_path / "train.log").exists()
-    # The brief's budget is 3 minutes on 2 cores; leave room for a loaded CI machine.
-    assert elapsed < 180, f"took {elapsed:.0f}s"
 
 
 def test_sft_default_command_lowers_validation_loss_and_exports(tmp_path):
-    elapsed = _run("sft", tmp_path)
+    _run("sft", tmp_path)
     losses = _values(next(tmp_path.glob("csv/**/metrics.csv")), "val/loss")
     assert len(losses) >= 4 and losses[-1] < 0.5 * losses[0], losses
     assert all(b <= a + 0.05 for a, b in zip(losses, losses[1:])), losses
     assert (tmp_path / "hf" / "model.safetensors").exists()
-    assert elapsed < 180, f"took {elapsed:.0f}s"
+
+
+def test_a_run_that_stops_before_any_validation_is_validated_at_the_end(tmp_path):
+    """max_steps=5 ends training before the epoch's validation: the run validates the final weights,
+    reports the optimised metric and exits 0 (it used to train, export, then fail on a missing metric)."""
+    result = _run("dpo", tmp_path, "trainer.max_steps=5", "callbacks.sample_generation.max_new_tokens=4")
+    record = json.loads((tmp_path / "result.json").read_text())
+    assert record["status"] == "completed" and record["warnings"] == []
+    assert record["optimized_metric"] == "val/rewards/accuracies" and record["value"] is not None
+    assert "val/loss" in record["metrics"] and "train/loss" in record["metrics"]
+    assert "final validation at step 5" in result.stdout + result.stderr
+    assert (tmp_path / "hf" / "model.safetensors").exists()

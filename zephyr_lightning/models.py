@@ -96,13 +96,15 @@ def _log_attention_choice(message: str) -> None:
     log.info(message)
 
 
-def resolve_attn_implementation(requested: str, on_cuda: bool | None = None) -> str:
+def resolve_attn_implementation(attn_implementation: AttnImplementation, on_cuda: bool | None = None) -> str:
     """Pick the attention kernel and log the choice once.
 
     ``auto``: FlashAttention-2 when flash-attn is installed and CUDA is available; else, on CUDA,
     PyTorch's own varlen FlashAttention kernel (``varlen``, torch >= 2.10), which packed batches need to
     avoid dense masks; else ``sdpa``. ``varlen`` is registered with transformers when chosen.
     """
+    check_arguments(resolve_attn_implementation, {"attn_implementation": attn_implementation}, prefix="model")
+    requested = attn_implementation
     on_cuda = torch.cuda.is_available() if on_cuda is None else on_cuda
     if requested == "auto":
         if on_cuda and importlib.util.find_spec("flash_attn") is not None:

@@ -77,20 +77,22 @@ def _best_fit(order: Sequence[int], lengths: Sequence[int], capacity: int) -> li
     return bins
 
 
-def pack_lengths(lengths: Sequence[int], capacity: int, strategy: PackingStrategy = "best_fit_decreasing") -> list[list[int]]:
+def pack_lengths(
+    lengths: Sequence[int], capacity: int, packing_strategy: PackingStrategy = "best_fit_decreasing"
+) -> list[list[int]]:
     """Group sequence indices into bins whose total length is at most ``capacity``.
 
     ``best_fit_decreasing`` and ``first_fit_decreasing`` sort by length first (tightest packing);
     ``first_fit`` keeps the data order as far as possible.
     """
-    check_arguments(pack_lengths, {"strategy": strategy}, prefix="data")
+    check_arguments(pack_lengths, {"packing_strategy": packing_strategy}, prefix="data")
     too_long = [i for i, n in enumerate(lengths) if n > capacity]
     if too_long:
         raise ValueError(f"{len(too_long)} sequences are longer than the packing capacity {capacity} (e.g. #{too_long[0]})")
     order = range(len(lengths))
-    if strategy.endswith("decreasing"):
+    if packing_strategy.endswith("decreasing"):
         order = sorted(order, key=lambda i: -lengths[i])
-    fit = _best_fit if strategy.startswith("best") else _first_fit
+    fit = _best_fit if packing_strategy.startswith("best") else _first_fit
     return fit(order, lengths, capacity)
 
 

@@ -429,10 +429,11 @@ def _check_against_config(
                     problems.add(f"{shown}: parameters.{key}", f"{override} does not compose: {_short(error)}")
                     continue
                 # The same declarations the constructors and train.py's validation read.
-                owner = _owner(composed, key) or key
+                owner = _owner(composed, key)
+                target = f"{OmegaConf.select(composed, owner)._target_} ({owner})" if owner else "the run"
                 for error in validate_config(plain, OmegaConf.to_container(composed, resolve=False)):
                     if error.split("=", 1)[0].split(":", 1)[0] == key:
-                        problems.add(f"{shown}: parameters.{key}", f"{override}: {owner} rejects it: {error}")
+                        problems.add(f"{shown}: parameters.{key}", f"{override}: {target} rejects it: {error}")
 
         module_cfg = cfg.get("module")
         if module_cfg is None or "_target_" not in module_cfg:
