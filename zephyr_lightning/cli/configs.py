@@ -30,7 +30,16 @@ SIGNATURES: dict[str, Callable[[], type]] = {
     "zephyr_lightning.SFTModule": lambda: zephyr_lightning.SFTModule,
     "zephyr_lightning.PreferenceDataModule": lambda: zephyr_lightning.PreferenceDataModule,
     "zephyr_lightning.SFTDataModule": lambda: zephyr_lightning.SFTDataModule,
+    "zephyr_lightning.callbacks.UpdateGuard": lambda: _callback("UpdateGuard"),
+    "zephyr_lightning.callbacks.NonFiniteGuard": lambda: _callback("NonFiniteGuard"),
+    "zephyr_lightning.callbacks.SampleGeneration": lambda: _callback("SampleGeneration"),
 }
+
+
+def _callback(name: str) -> type:
+    import zephyr_lightning.callbacks as callbacks
+
+    return getattr(callbacks, name)
 
 
 def conf_dir() -> Path:
