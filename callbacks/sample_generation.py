@@ -14,6 +14,7 @@ from transformers import PreTrainedTokenizerBase
 
 from zephyr_lightning.arguments import Positive, PositiveInt, check_arguments
 from zephyr_lightning.callbacks._tokenizer import find_tokenizer
+from zephyr_lightning.data.chat import ChatFormat
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +62,13 @@ class SampleGeneration(L.Callback):
         self.tokenizer = tokenizer
 
     @torch.no_grad()
-    def generate(self, model, tokenizer: PreTrainedTokenizerBase) -> list[str]:
+    def generate(self, model, tokenizer: PreTrainedTokenizerBase, chat_format: ChatFormat | None = None) -> list[str]:
+        """Completions of the prompts, each rendered as the training data is (``chat_format``: BOS, system turn)."""
+        chat_format = chat_format or ChatFormat()
         outputs = []
         for prompt in self.prompts:
-            ids = tokenizer.apply_chat_template(
-                [{"role": "user", "content": prompt}], add_generation_prompt=True, return_tensors="pt", return_dict=True
-            )["input_ids"].to(model.device)
+            tokens = chat_format.encode_prompt(tokenizer, [{"role": "user", "content": prompt}])
+            ids = torch.tensor([tokens], device=model.device)
             out = model.generate(
                 input_ids=ids,
                 attention_mask=torch.ones_like(ids),
@@ -92,7 +94,8 @@ class SampleGeneration(L.Callback):
             return
         # Every rank generates (sharded models need all ranks in each forward); rank 0 logs.
         with _unsharded_root(trainer):
-            completions = self.generate(pl_module.model, tokenizer)
+            chat_format = getattr(trainer.datamodule, "chat_format", None)
+            completions = self.generate(pl_module.model, tokenizer, chat_format)
         if not trainer.is_global_zero:
             return
         step = trainer.global_step

@@ -92,3 +92,50 @@ def test_validation_names_the_row(messages, match):
     with pytest.raises(BadRowError, match=match) as err:
         validate_messages(messages, where="prompt_id=abc123", final_assistant=True)
     assert "prompt_id=abc123" in str(err.value)
+
+
+def test_chat_format_adds_one_bos_like_the_tokenizer_and_shifts_the_mask(tokenizer):
+    from zephyr_lightning.data.chat import ChatFormat
+
+    raw = tokenize_chat(tokenizer, MULTI)
+    auto = tokenize_chat(tokenizer, MULTI, chat_format=ChatFormat())  # Mistral's tokenizer adds <s>
+    assert tokenizer("x")["input_ids"][0] == tokenizer.bos_token_id
+    assert auto.input_ids == [tokenizer.bos_token_id, *raw.input_ids]
+    assert auto.assistant_mask == [0, *raw.assistant_mask]
+    assert auto.assistant_spans == [(a + 1, b + 1) for a, b in raw.assistant_spans]
+    assert tokenize_chat(tokenizer, MULTI, chat_format=ChatFormat(add_bos=False)).input_ids == raw.input_ids
+
+
+def test_a_template_that_writes_bos_gets_no_second_one(tokenizer):
+    import copy
+
+    from zephyr_lightning.data.chat import ChatFormat
+
+    tok = copy.deepcopy(tokenizer)
+    tok.chat_template = "{{ bos_token }}" + tokenizer.chat_template
+    ids = tokenize_chat(tok, SINGLE, chat_format=ChatFormat(add_bos=True)).input_ids
+    assert ids == _template_ids(tok, SINGLE) and ids.count(tokenizer.bos_token_id) == 1
+
+
+def test_empty_system_turn_as_the_handbook_inserts_it(tokenizer):
+    from zephyr_lightning.data.chat import ChatFormat
+
+    chat = tokenize_chat(tokenizer, SINGLE, chat_format=ChatFormat(add_bos=False, empty_system_turn=True))
+    assert chat.input_ids == _template_ids(tokenizer, [{"role": "system", "content": ""}, *SINGLE])
+    assert tokenizer.decode(chat.input_ids).startswith("<|system|>\n</s>")
+    # A conversation that has a system turn keeps it.
+    kept = tokenize_chat(tokenizer, WITH_SYSTEM, chat_format=ChatFormat(add_bos=False, empty_system_turn=True))
+    assert kept.input_ids == _template_ids(tokenizer, WITH_SYSTEM)
+
+
+@pytest.mark.parametrize("add_bos,empty_system_turn", [("auto", False), (False, True)])
+def test_generation_prompts_are_the_training_prompts(tokenizer, add_bos, empty_system_turn):
+    """What AIF and sample generation feed the model is exactly the prompt part of a training pair."""
+    from zephyr_lightning.data.chat import ChatFormat
+
+    fmt = ChatFormat(add_bos=add_bos, empty_system_turn=empty_system_turn)
+    pair = tokenize_prompt_completion(tokenizer, SINGLE, chat_format=fmt)
+    # The training prompt ends after the assistant header's newline; the generation prompt ends at the header.
+    generation = fmt.encode_prompt(tokenizer, SINGLE[:-1])
+    assert pair.prompt_ids[: len(generation)] == generation
+    assert tokenizer.decode(pair.prompt_ids[len(generation):]).strip() == ""

@@ -25,7 +25,9 @@ def test_rows_are_tokenized_as_prompt_and_completions(tmp_path, tokenizer):
     item = dm.datasets["train"][0]
     chosen = tokenize_prompt_completion(tokenizer, row["chosen"])
     rejected = tokenize_prompt_completion(tokenizer, row["rejected"])
-    assert item["prompt_input_ids"] == chosen.prompt_ids == rejected.prompt_ids
+    # data.add_bos=auto: Mistral's tokenizer adds <s> to text, so the prompt starts with it (the template does not).
+    assert item["prompt_input_ids"] == [tokenizer.bos_token_id, *chosen.prompt_ids]
+    assert chosen.prompt_ids == rejected.prompt_ids
     assert item["chosen_input_ids"] == chosen.completion_ids
     assert item["rejected_input_ids"] == rejected.completion_ids
     assert item["prompt_id"] == row["prompt_id"]

@@ -35,8 +35,9 @@ def test_loss_mask_is_the_chat_template_assistant_mask(chat_dir, tokenizer):
     row = dm.datasets["train"][3]
     source = dialogue(3, turns=1 + 3 % 3)
     chat = tokenize_chat(tokenizer, source["messages"])
-    assert row["input_ids"] == chat.input_ids
-    assert row["loss_mask"] == chat.assistant_mask
+    # data.add_bos=auto: <s> first (Mistral's tokenizer adds it to text), never scored.
+    assert row["input_ids"] == [tokenizer.bos_token_id, *chat.input_ids]
+    assert row["loss_mask"] == [0, *chat.assistant_mask]
     everything = SFTDataModule(str(chat_dir), tokenizer, max_length=512, loss_on="all")
     everything.setup("fit")
     assert set(everything.datasets["train"][3]["loss_mask"]) == {1}

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +29,12 @@ from zephyr_lightning.aif.binarize import binarize
 from zephyr_lightning.aif.generate import generate_completions
 from zephyr_lightning.aif.judging import judge_completions
 from zephyr_lightning.aif.prompts import load_prompts
+from zephyr_lightning.cli.configs import conf_dir
 
 log = logging.getLogger("zephyr_lightning.aif")
 
-# conf/ sits beside the package in a source checkout (pip install -e .), as it does for train.py.
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf" / "aif"
+# Inside the installed package, or conf/ beside it in a source checkout (zephyr_lightning.cli.configs).
+CONF_DIR = conf_dir() / "aif"
 STEPS = ("generate", "judge", "binarize")
 
 
@@ -124,9 +124,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    if not CONF_DIR.is_dir() and not any(a.startswith(("--config-dir", "-cd")) for a in sys.argv[1:]):
-        sys.exit(
-            f"zephyr_lightning.aif: no config folder at {CONF_DIR}. The command reads conf/aif/ from a source "
-            "checkout (pip install -e .); elsewhere pass --config-dir=/path/to/conf/aif"
-        )
     main()

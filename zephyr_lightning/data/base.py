@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
 from zephyr_lightning.arguments import NonNegativeInt, PositiveInt, check_arguments
-from zephyr_lightning.data.chat import BadRowError
+from zephyr_lightning.data.chat import AddBos, BadRowError, ChatFormat
 from zephyr_lightning.data.resumable import ResumableDataLoader
 from zephyr_lightning.data.sources import BadLine, load_split_report
 from zephyr_lightning.models import ModelSpec, load_tokenizer
@@ -53,11 +53,14 @@ class RowTokenizer:
 
     columns: tuple[str, ...] = ()
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, *, source: str, split: str, on_bad_row: str) -> None:
+    def __init__(
+        self, tokenizer: PreTrainedTokenizerBase, *, source: str, split: str, on_bad_row: str, chat_format: ChatFormat
+    ) -> None:
         self.tokenizer = tokenizer
         self.source = source
         self.split = split
         self.on_bad_row = on_bad_row
+        self.chat_format = chat_format
 
     def tokenize_row(self, row: dict[str, Any], where: str) -> tuple[dict[str, Any], str]:
         raise NotImplementedError
@@ -112,6 +115,8 @@ class ChatDataModule(L.LightningDataModule):
         name: str | None = None,
         cache_dir: str | None = None,
         seed: int = 0,
+        add_bos: AddBos = "auto",
+        empty_system_turn: bool = False,
     ) -> None:
         check_arguments(ChatDataModule, locals(), prefix="data")
         super().__init__()
@@ -128,6 +133,7 @@ class ChatDataModule(L.LightningDataModule):
         self.name = name
         self.cache_dir = cache_dir
         self.seed = seed
+        self.chat_format = ChatFormat(add_bos, empty_system_turn)
         self.collator: Any = None
         self.datasets: dict[str, datasets.Dataset] = {}
         # Per split: how many rows were kept, truncated, dropped or skipped (and why).

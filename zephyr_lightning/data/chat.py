@@ -12,11 +12,61 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from transformers import PreTrainedTokenizerBase
 
 ROLES = ("system", "user", "assistant")
+AddBos = Literal["auto"] | bool
+
+
+@dataclass(frozen=True)
+class ChatFormat:
+    """How conversations become tokens, the same for SFT, DPO, AIF generation and sample generation.
+
+    Args:
+        add_bos: put the tokenizer's BOS token (``<s>``) before the rendered chat. ``auto`` does what the
+            tokenizer does when it encodes text (Mistral's and Llama's add BOS; see `adds_bos`). Never doubled: a
+            template that writes ``bos_token`` itself gets none added. The alignment handbook's Zephyr
+            checkpoints were trained with ``<s>`` first (their tokenizer adds it); TRL 1.16 renders with
+            ``apply_chat_template`` and adds none.
+        empty_system_turn: insert an empty system turn into conversations that have none, as the
+            alignment handbook's data preparation does (``<|system|>\n</s>`` with Zephyr's template).
+            Off by default, like TRL.
+    """
+
+    add_bos: AddBos = "auto"
+    empty_system_turn: bool = False
+
+    def messages(self, messages: list[dict[str, str]]) -> list[dict[str, str]]:
+        """The conversation as rendered: with an empty system turn first when that is asked for and missing."""
+        if self.empty_system_turn and messages and messages[0]["role"] != "system":
+            return [{"role": "system", "content": ""}, *messages]
+        return messages
+
+    def bos(self, tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+        """``[bos_id]`` when a BOS goes before ``text`` (rendered chat), else ``[]``."""
+        bos = tokenizer.bos_token
+        if tokenizer.bos_token_id is None or (bos and text.startswith(bos)):
+            return []
+        wanted = adds_bos(tokenizer) if self.add_bos == "auto" else self.add_bos
+        return [tokenizer.bos_token_id] if wanted else []
+
+    def encode_prompt(self, tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]]) -> list[int]:
+        """Token ids of a conversation to be answered (the template's generation prompt appended), as the
+        training data of the same format would have them before the assistant's turn."""
+        text = render(tokenizer, self.messages(messages), add_generation_prompt=True)
+        return self.bos(tokenizer, text) + list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+RAW = ChatFormat(add_bos=False)  # exactly `apply_chat_template`'s tokens
+
+
+def adds_bos(tokenizer: PreTrainedTokenizerBase) -> bool:
+    """Whether the tokenizer itself puts BOS first when it encodes text with its special tokens (its
+    ``add_bos_token`` setting, however the tokenizer class implements it)."""
+    ids = tokenizer("a", add_special_tokens=True)["input_ids"]
+    return bool(ids) and tokenizer.bos_token_id is not None and ids[0] == tokenizer.bos_token_id
 
 
 class BadRowError(ValueError):
@@ -94,10 +144,15 @@ def _assistant_char_spans(tokenizer: PreTrainedTokenizerBase, messages: list[dic
 
 
 def tokenize_chat(
-    tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]], *, where: str = "row"
+    tokenizer: PreTrainedTokenizerBase,
+    messages: list[dict[str, str]],
+    *,
+    where: str = "row",
+    chat_format: ChatFormat = RAW,
 ) -> TokenizedChat:
-    """Tokenize a conversation exactly as ``tokenizer.apply_chat_template(messages)`` does, with the
-    mask of assistant tokens."""
+    """Tokenize a conversation as ``tokenizer.apply_chat_template(messages)`` does (after ``chat_format``'s
+    BOS and empty system turn, when asked for), with the mask of assistant tokens."""
+    messages = chat_format.messages(messages)
     if not tokenizer.is_fast:
         raise TypeError(
             f"{type(tokenizer).__name__} is a slow tokenizer; token offsets (needed to locate assistant turns) "
@@ -106,11 +161,12 @@ def tokenize_chat(
     text = render(tokenizer, messages)
     encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     char_spans = _assistant_char_spans(tokenizer, messages, text, where)
-    ids = list(encoding["input_ids"])
+    bos = chat_format.bos(tokenizer, text)
+    ids = bos + list(encoding["input_ids"])
     mask = [0] * len(ids)
     token_spans = []
-    offsets = encoding["offset_mapping"]
-    cursor = 0
+    offsets = [(0, 0)] * len(bos) + list(encoding["offset_mapping"])
+    cursor = len(bos)
     for start, end in char_spans:
         first = None
         for t in range(cursor, len(ids)):
@@ -137,12 +193,16 @@ class PromptCompletion:
 
 
 def tokenize_prompt_completion(
-    tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]], *, where: str = "row"
+    tokenizer: PreTrainedTokenizerBase,
+    messages: list[dict[str, str]],
+    *,
+    where: str = "row",
+    chat_format: ChatFormat = RAW,
 ) -> PromptCompletion:
     """Prompt = every token before the final assistant turn's content (its header included);
     completion = the final assistant turn's tokens, ending with EOS (appended if the template has none).
     Tokens the template puts after the turn (e.g. Zephyr's trailing newline) are not part of either."""
-    chat = tokenize_chat(tokenizer, messages, where=where)
+    chat = tokenize_chat(tokenizer, messages, where=where, chat_format=chat_format)
     first, end = chat.assistant_spans[-1]
     completion = chat.input_ids[first:end]
     if tokenizer.eos_token_id is not None and completion[-1] != tokenizer.eos_token_id:

@@ -25,8 +25,9 @@ class PreferenceTokenizer(RowTokenizer):
 
     columns = ("prompt_id", "prompt_input_ids", "chosen_input_ids", "rejected_input_ids")
 
-    def __init__(self, tokenizer, *, source, split, on_bad_row, max_length: int, max_prompt_length: int, on_too_long: str):
-        super().__init__(tokenizer, source=source, split=split, on_bad_row=on_bad_row)
+    def __init__(self, tokenizer, *, source, split, on_bad_row, chat_format, max_length: int, max_prompt_length: int,
+                 on_too_long: str):
+        super().__init__(tokenizer, source=source, split=split, on_bad_row=on_bad_row, chat_format=chat_format)
         self.max_length = max_length
         self.max_prompt_length = max_prompt_length
         self.on_too_long = on_too_long
@@ -41,8 +42,8 @@ class PreferenceTokenizer(RowTokenizer):
             raise BadRowError(f"{where}: chosen and rejected have different prompts")
         if chosen[-1]["content"] == rejected[-1]["content"]:
             raise BadRowError(f"{where}: chosen and rejected completions are identical")
-        pc = tokenize_prompt_completion(self.tokenizer, chosen, where=where)
-        pr = tokenize_prompt_completion(self.tokenizer, rejected, where=where)
+        pc = tokenize_prompt_completion(self.tokenizer, chosen, where=where, chat_format=self.chat_format)
+        pr = tokenize_prompt_completion(self.tokenizer, rejected, where=where, chat_format=self.chat_format)
         if pc.prompt_ids != pr.prompt_ids:
             raise BadRowError(f"{where}: chosen and rejected prompts tokenize differently")
         prompt, chosen_ids, rejected_ids = pc.prompt_ids, pc.completion_ids, pr.completion_ids
@@ -103,6 +104,8 @@ class PreferenceDataModule(ChatDataModule):
         seed: the training shuffle (epoch ``e`` uses ``seed + e``; the order resumes exactly mid-epoch).
         pad_to_multiple_of: round the padded length up (tensor-core friendly shapes on GPU).
         name: hub configuration name; cache_dir: datasets cache.
+        add_bos, empty_system_turn: the `ChatFormat` (BOS before the chat: ``auto`` follows the tokenizer;
+            an empty system turn where there is none: off), shared with SFT, AIF generation and samples.
     """
 
     def __init__(
@@ -130,6 +133,7 @@ class PreferenceDataModule(ChatDataModule):
             source=self.path,
             split=split,
             on_bad_row=self.on_bad_row,
+            chat_format=self.chat_format,
             max_length=self.max_length,
             max_prompt_length=self.max_prompt_length,
             on_too_long=self.on_too_long,

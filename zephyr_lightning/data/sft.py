@@ -32,8 +32,9 @@ class SFTTokenizer(RowTokenizer):
 
     columns = ("prompt_id", "input_ids", "loss_mask", "length")
 
-    def __init__(self, tokenizer, *, source, split, on_bad_row, max_length: int, loss_on: str, on_too_long: str):
-        super().__init__(tokenizer, source=source, split=split, on_bad_row=on_bad_row)
+    def __init__(self, tokenizer, *, source, split, on_bad_row, chat_format, max_length: int, loss_on: str,
+                 on_too_long: str):
+        super().__init__(tokenizer, source=source, split=split, on_bad_row=on_bad_row, chat_format=chat_format)
         self.max_length = max_length
         self.loss_on = loss_on
         self.on_too_long = on_too_long
@@ -47,7 +48,7 @@ class SFTTokenizer(RowTokenizer):
         messages = validate_messages(row["messages"], where=where)
         if not any(m["role"] == "assistant" for m in messages):
             raise BadRowError(f"{where}: the dialogue has no assistant turn to learn from")
-        chat = tokenize_chat(self.tokenizer, messages, where=where)
+        chat = tokenize_chat(self.tokenizer, messages, where=where, chat_format=self.chat_format)
         ids = chat.input_ids
         mask = chat.assistant_mask if self.loss_on == "assistant" else [1] * len(ids)
         status = "ok"
@@ -94,7 +95,7 @@ class SFTDataModule(ChatDataModule):
         on_bad_row: ``error`` (naming the prompt_id) or ``skip`` (counted) for malformed dialogues.
         seed: the training shuffle (epoch ``e`` uses ``seed + e``), also used to estimate padding without
             packing for the log.
-        Other arguments as in `PreferenceDataModule`.
+        Other arguments (``add_bos`` and ``empty_system_turn`` among them) as in `PreferenceDataModule`.
     """
 
     def __init__(
@@ -126,6 +127,7 @@ class SFTDataModule(ChatDataModule):
             source=self.path,
             split=split,
             on_bad_row=self.on_bad_row,
+            chat_format=self.chat_format,
             max_length=self.max_length,
             loss_on=self.loss_on,
             on_too_long=self.on_too_long,
