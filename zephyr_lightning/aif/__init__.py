@@ -21,14 +21,10 @@ from zephyr_lightning.aif.client import (
     RequestError,
     RetryPolicy,
 )
-from zephyr_lightning.aif.generate import (
-    GenerateSummary,
-    Generator,
-    LocalGenerator,
-    OpenAIChatGenerator,
-    generate_completions,
-)
+from zephyr_lightning.aif.generate import GenerateSummary, generate_completions
+from zephyr_lightning.aif.generators import Generator, LocalGenerator, OpenAIChatGenerator
 from zephyr_lightning.aif.io import CorruptJsonlError, JsonlWriter, read_done
+from zephyr_lightning.aif.judge import JudgementCache, JudgeSummary, judge_completions
 from zephyr_lightning.aif.judges import (
     CallableJudge,
     Judge,
@@ -38,7 +34,6 @@ from zephyr_lightning.aif.judges import (
     RewardModelJudge,
     heuristic_score,
 )
-from zephyr_lightning.aif.judging import JudgementCache, JudgeSummary, judge_completions
 from zephyr_lightning.aif.prompts import Prompt, load_prompts
 from zephyr_lightning.aif.rubric import ASPECTS, DEFAULT_RUBRIC, ScoreParseError, parse_ratings
 

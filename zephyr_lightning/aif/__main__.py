@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from zephyr_lightning.aif.binarize import binarize
 from zephyr_lightning.aif.generate import generate_completions
-from zephyr_lightning.aif.judging import judge_completions
+from zephyr_lightning.aif.judge import judge_completions
 from zephyr_lightning.aif.prompts import load_prompts
 
 log = logging.getLogger("zephyr_lightning.aif")
