@@ -22,7 +22,7 @@ from zephyr_lightning.aif import (
     judge_completions,
     parse_ratings,
 )
-from zephyr_lightning.data.base import prompt_id_of
+from zephyr_lightning.data.sources import prompt_id_of
 
 SECRET = "sk-test-S3CRET-do-not-leak-1234567890"
 KEY_ENV = "ZL_TEST_JUDGE_KEY"

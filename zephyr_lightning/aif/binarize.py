@@ -35,9 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from zephyr_lightning.aif.io import write_jsonl_atomic
-from zephyr_lightning.data.base import prompt_id_of
-from zephyr_lightning.data.chat import BadRowError, validate_messages
-from zephyr_lightning.data.sources import load_split
+from zephyr_lightning.data.sources import BadRowError, load_split, prompt_id_of
 
 log = logging.getLogger(__name__)
 
@@ -104,13 +102,10 @@ def binarize_row(
         lowest = min(score for score, _ in others)
         others = [c for c in others if c[0] == lowest]
     loser = rng.choice(others)
-    user = {"role": "user", "content": prompt}
-    chosen_messages = validate_messages(
-        [user, {"role": "assistant", "content": chosen[1]}], where=f"{where} (chosen)", final_assistant=True
-    )
-    rejected_messages = validate_messages(
-        [dict(user), {"role": "assistant", "content": loser[1]}], where=f"{where} (rejected)", final_assistant=True
-    )
+    # A user turn and an assistant turn, both non-empty text (checked above): what PreferenceDataModule
+    # asks of a pair.
+    chosen_messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": chosen[1]}]
+    rejected_messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": loser[1]}]
     return {
         "prompt": prompt,
         "prompt_id": prompt_id,

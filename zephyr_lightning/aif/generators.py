@@ -147,13 +147,14 @@ class LocalGenerator:
     def generate(self, prompts: Sequence[str], n: int) -> list[list[str] | Exception]:
         import torch
 
-        from zephyr_lightning.data.chat import render
-
         if n > 1 and not self.do_sample:
             raise ValueError(f"{self.name}: do_sample=false would give {n} identical completions; sample, or use n=1")
         self.setup()
         model, tokenizer = self._model, self._tokenizer
-        texts = [render(tokenizer, _messages(p, self.system_prompt), add_generation_prompt=True) for p in prompts]
+        texts = [
+            tokenizer.apply_chat_template(_messages(p, self.system_prompt), tokenize=False, add_generation_prompt=True)
+            for p in prompts
+        ]
         ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
         results: list[list[str] | Exception] = [[] for _ in prompts]
         keep = []

@@ -27,9 +27,7 @@ from tqdm.auto import tqdm
 from zephyr_lightning.aif.io import JsonlWriter, iter_jsonl, repair_truncated_tail
 from zephyr_lightning.aif.judges import Judge, JudgeItem, Judgement
 from zephyr_lightning.atomic import atomic_write
-from zephyr_lightning.data.base import prompt_id_of
-from zephyr_lightning.data.chat import BadRowError
-from zephyr_lightning.data.sources import load_split
+from zephyr_lightning.data.sources import BadRowError, load_split, prompt_id_of
 
 log = logging.getLogger(__name__)
 

@@ -370,8 +370,6 @@ class RewardModelJudge:
     def judge(self, items: Sequence[JudgeItem], on_result: OnResult | None = None) -> list[Judgement]:
         import torch
 
-        from zephyr_lightning.data.chat import render
-
         loaded = self.setup()
         tokenizer, model = loaded.tokenizer, loaded.model
         results: list[Judgement | None] = [None] * len(items)
@@ -387,7 +385,7 @@ class RewardModelJudge:
                 finish(index, Judgement(None, error=f"{item.where()}: empty response"))
                 continue
             messages = [{"role": "user", "content": item.prompt}, {"role": "assistant", "content": item.response}]
-            ids = tokenizer(render(tokenizer, messages), add_special_tokens=False)["input_ids"]
+            ids = tokenizer(tokenizer.apply_chat_template(messages, tokenize=False), add_special_tokens=False)["input_ids"]
             if len(ids) > self.max_length:
                 finish(index, Judgement(None, error=f"{item.where()}: {len(ids)} tokens > max_length={self.max_length}"))
                 continue

@@ -16,11 +16,9 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
+from zephyr_lightning.data.sources import BadRowError
+
 ROLES = ("system", "user", "assistant")
-
-
-class BadRowError(ValueError):
-    """A data row that cannot be used; the message names the row and what is wrong."""
 
 
 def validate_messages(messages: Any, *, where: str, final_assistant: bool = False) -> list[dict[str, str]]:
