@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from zephyr_lightning.aif.generators import Generator
 from zephyr_lightning.aif.io import JsonlWriter, iter_jsonl, read_done, write_jsonl_atomic
 from zephyr_lightning.aif.prompts import Prompt
+from zephyr_lightning.arguments import PositiveInt, check_arguments
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +118,7 @@ def generate_completions(
     generators: Sequence[Generator],
     output: str | Path,
     *,
-    num_completions: int = 1,
+    num_completions: PositiveInt = 1,
     source: str = "",
     show_progress: bool = True,
 ) -> GenerateSummary:
@@ -128,8 +129,7 @@ def generate_completions(
     in the order of ``generators``. A prompt one of the models failed on is left out of the output
     (and counted as incomplete) until a later run fills it in.
     """
-    if num_completions < 1:
-        raise ValueError(f"generate.num_completions must be >= 1, got {num_completions}")
+    check_arguments(generate_completions, locals(), prefix="generate")
     if not generators:
         raise ValueError("no generators: configure at least one model under generate.models")
     names = [g.name for g in generators]
