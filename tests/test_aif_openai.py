@@ -81,7 +81,6 @@ def make_judge(url: str, **kwargs) -> OpenAIJudge:
         "concurrency": 2,
         "timeout": 0.5,
         "max_retries": 3,
-        "backoff_base": 0.01,
         **kwargs,
     }
     return OpenAIJudge(model="judge-x", base_url=url, **kwargs)
@@ -246,8 +245,8 @@ def test_server_generator_writes_k_completions_per_prompt(tmp_path):
     prompts = [Prompt(prompt_id_of(t), t) for t in ("First?", "Second?", "Third?")]
     with FakeOpenAIServer(complete) as server:
         generators = [
-            OpenAIChatGenerator(server.url, "served-a", api_key_env=None, backoff_base=0.01),
-            OpenAIChatGenerator(server.url, "served-b", api_key_env=None, n_per_request=1, backoff_base=0.01),
+            OpenAIChatGenerator(server.url, "served-a", api_key_env=None),
+            OpenAIChatGenerator(server.url, "served-b", api_key_env=None, n_per_request=1),
         ]
         summary = generate_completions(prompts, generators, tmp_path / "generations.jsonl", num_completions=3, show_progress=False)
         assert sorted(r.body["n"] for r in server.requests) == [1] * 9 + [3] * 3

@@ -15,12 +15,7 @@ from zephyr_lightning.aif.binarize import (
     binarize_row,
     binarize_rows,
 )
-from zephyr_lightning.aif.client import (
-    FatalRequestError,
-    OpenAICompatibleClient,
-    RequestError,
-    RetryPolicy,
-)
+from zephyr_lightning.aif.client import FatalRequestError, OpenAICompatibleClient, RequestError
 from zephyr_lightning.aif.generate import GenerateSummary, generate_completions
 from zephyr_lightning.aif.generators import Generator, LocalGenerator, OpenAIChatGenerator
 from zephyr_lightning.aif.io import CorruptJsonlError, JsonlWriter, read_done
@@ -35,7 +30,7 @@ from zephyr_lightning.aif.judges import (
     heuristic_score,
 )
 from zephyr_lightning.aif.prompts import Prompt, load_prompts
-from zephyr_lightning.aif.rubric import ASPECTS, DEFAULT_RUBRIC, ScoreParseError, parse_ratings
+from zephyr_lightning.aif.rubric import ASPECTS, DEFAULT_RUBRIC, ScoreParseError, parse_ratings, ratings_model
 
 __all__ = [
     "ASPECTS",
@@ -59,7 +54,6 @@ __all__ = [
     "OpenAIJudge",
     "Prompt",
     "RequestError",
-    "RetryPolicy",
     "RewardModelJudge",
     "ScoreParseError",
     "binarize",
@@ -70,5 +64,6 @@ __all__ = [
     "judge_completions",
     "load_prompts",
     "parse_ratings",
+    "ratings_model",
     "read_done",
 ]

@@ -11,13 +11,33 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Sequence
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Any, Protocol, runtime_checkable
 
-from zephyr_lightning.aif.client import OpenAICompatibleClient, RequestError, RetryPolicy, chat_content
+from pydantic import Field
+
+from zephyr_lightning.aif.client import (
+    HttpUrl,
+    OpenAICompatibleClient,
+    RequestError,
+    chat_content,
+    choice_count,
+    with_extra_body,
+)
+from zephyr_lightning.arguments import (
+    NonNegative,
+    NonNegativeInt,
+    Positive,
+    PositiveInt,
+    check_arguments,
+    cross_check,
+)
 from zephyr_lightning.models import ModelSpec, as_spec
 
 log = logging.getLogger(__name__)
+
+# Nucleus sampling's probability mass: 0 would keep no token.
+TopP = Annotated[float, Field(gt=0, le=1)]
 
 
 @runtime_checkable
@@ -46,6 +66,13 @@ def _messages(prompt: str, system_prompt: str | None) -> list[dict[str, str]]:
     return [*head, {"role": "user", "content": prompt}]
 
 
+def _sampling_needs_a_temperature(arguments: Mapping[str, Any]) -> tuple[str, str] | None:
+    if arguments["do_sample"] and not arguments["temperature"] > 0:
+        return "temperature", "must be > 0 when sampling (do_sample=true)"
+    return None
+
+
+@cross_check(_sampling_needs_a_temperature)
 class LocalGenerator:
     """Sample completions from a local ``transformers`` causal LM.
 
@@ -72,24 +99,23 @@ class LocalGenerator:
         model: ModelSpec | str | dict[str, Any],
         *,
         name: str | None = None,
-        batch_size: int = 8,
-        max_new_tokens: int = 512,
+        batch_size: PositiveInt = 8,
+        max_new_tokens: PositiveInt = 512,
         do_sample: bool = True,
-        temperature: float = 0.8,
-        top_p: float = 0.95,
-        top_k: int | None = None,
-        repetition_penalty: float | None = None,
+        temperature: NonNegative = 0.8,
+        top_p: TopP = 0.95,
+        top_k: NonNegativeInt | None = None,
+        repetition_penalty: Positive | None = None,
         system_prompt: str | None = None,
-        max_prompt_length: int | None = None,
+        max_prompt_length: PositiveInt | None = None,
         seed: int = 0,
         device: str | None = None,
     ) -> None:
+        # The Hydra key is generate.models.<entry>, which the generator does not know; config validation
+        # names it, and the constructor says "generator".
+        check_arguments(LocalGenerator, locals(), prefix="generator")
         self.spec = as_spec(model)
         self.name = name or self.spec.name_or_path
-        if batch_size < 1 or max_new_tokens < 1:
-            raise ValueError(f"{self.name}: batch_size and max_new_tokens must be >= 1")
-        if do_sample and not temperature > 0:
-            raise ValueError(f"{self.name}: temperature must be > 0 when sampling (got {temperature})")
         self.batch_size = batch_size
         self.max_new_tokens = max_new_tokens
         self.do_sample = do_sample
@@ -201,34 +227,33 @@ class OpenAIChatGenerator:
         api_key_env: NAME of the environment variable holding the key (none needed for a local server).
         max_tokens, temperature, top_p, seed: sampling settings (``seed`` only if the server supports it).
         system_prompt: a system turn before each prompt.
-        concurrency, timeout, max_retries, backoff_base, max_delay: see `OpenAICompatibleClient`.
+        n_per_request: completions asked per request; ``None``: all ``n`` of a prompt in one request.
+        concurrency, timeout, max_retries: requests in flight, seconds per attempt, retries per request
+            (the official ``openai`` client's; see `OpenAICompatibleClient`).
         batch_size: prompts handed over per call (the progress bar's step; requests inside run concurrently).
-        extra_body: extra request fields.
+        extra_body: extra request fields, sent as they are (fields the generator sets itself win).
     """
 
     def __init__(
         self,
-        base_url: str,
-        model: str,
+        base_url: HttpUrl,
+        model: Annotated[str, Field(min_length=1)],
         *,
         name: str | None = None,
         api_key_env: str | None = "OPENAI_API_KEY",
-        max_tokens: int = 512,
-        temperature: float = 0.8,
-        top_p: float = 0.95,
+        max_tokens: PositiveInt = 512,
+        temperature: NonNegative = 0.8,
+        top_p: TopP = 0.95,
         seed: int | None = None,
         system_prompt: str | None = None,
-        n_per_request: int | None = None,
-        concurrency: int = 16,
-        timeout: float = 120.0,
-        max_retries: int = 6,
-        backoff_base: float = 1.0,
-        max_delay: float = 60.0,
-        batch_size: int = 64,
+        n_per_request: PositiveInt | None = None,
+        concurrency: PositiveInt = 16,
+        timeout: Positive = 120.0,
+        max_retries: NonNegativeInt = 6,
+        batch_size: PositiveInt = 64,
         extra_body: dict[str, Any] | None = None,
     ) -> None:
-        if not model:
-            raise ValueError("generator model is required: the model's name on the server")
+        check_arguments(OpenAIChatGenerator, locals(), prefix="generator")
         self.model = model
         self.name = name or model
         self.max_tokens = max_tokens
@@ -240,11 +265,7 @@ class OpenAIChatGenerator:
         self.batch_size = batch_size
         self.extra_body = dict(extra_body or {})
         self.client = OpenAICompatibleClient(
-            base_url,
-            api_key_env=api_key_env,
-            concurrency=concurrency,
-            timeout=timeout,
-            retry=RetryPolicy(max_retries=max_retries, backoff_base=backoff_base, max_delay=max_delay),
+            base_url, api_key_env=api_key_env, concurrency=concurrency, timeout=timeout, max_retries=max_retries
         )
 
     def settings(self) -> dict[str, Any]:
@@ -273,8 +294,7 @@ class OpenAIChatGenerator:
             remaining = n
             while remaining > 0:
                 k = min(per_request, remaining)
-                payload = {
-                    **self.extra_body,
+                request: dict[str, Any] = {
                     "model": self.model,
                     "messages": _messages(prompt, self.system_prompt),
                     "n": k,
@@ -283,11 +303,11 @@ class OpenAIChatGenerator:
                     "top_p": self.top_p,
                 }
                 if self.seed is not None:
-                    payload["seed"] = self.seed + len(owners)
-                requests.append(("chat/completions", payload))
+                    request["seed"] = self.seed + len(owners)
+                requests.append(with_extra_body(request, self.extra_body))
                 owners.append((index, k))
                 remaining -= k
-        replies = self.client.post_all(requests)
+        replies = self.client.complete_all(requests)
         results: list[list[str] | Exception] = [[] for _ in prompts]
         for (index, k), reply in zip(owners, replies):
             if isinstance(results[index], RequestError):
@@ -295,9 +315,8 @@ class OpenAIChatGenerator:
             try:
                 if isinstance(reply, RequestError):
                     raise reply
-                choices = reply.get("choices")
-                if not isinstance(choices, list) or len(choices) != k:
-                    got = len(choices) if isinstance(choices, list) else 0
+                got = choice_count(reply)
+                if got != k:
                     raise RequestError(
                         f"asked for n={k} completions, the server returned {got} (set n_per_request=1 if it "
                         "does not support n)"
