@@ -6,6 +6,11 @@ binarize them into preference pairs.
 
 The command composes `conf/aif/` with Hydra; everything here takes plain Python arguments and works
 without Hydra.
+
+Each step sits beside its backends: `generate` (the step) | `generators` (local model, OpenAI-compatible
+server), `judge` (the step, its cache) | `judges` (OpenAI-compatible rubric judge, reward model, Python
+function), then `binarize`. `client` drives the official ``openai`` client; `rubric` holds the rubric and
+the declared rating model; `io` the resumable JSONL files. Rows come through `zephyr_lightning.data.sources`.
 """
 
 from zephyr_lightning.aif.binarize import (
