@@ -14,7 +14,7 @@ from transformers import PreTrainedTokenizerBase
 
 from zephyr_lightning.arguments import Positive, PositiveInt, check_arguments
 from zephyr_lightning.callbacks._tokenizer import find_tokenizer
-from zephyr_lightning.data.chat import ChatFormat
+from zephyr_lightning.chat_format import ChatFormat
 
 log = logging.getLogger(__name__)
 

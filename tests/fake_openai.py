@@ -25,10 +25,26 @@ class Reply:
     delay: float = 0.0  # seconds to wait before answering (a slow or hung server)
 
 
+class Headers(dict):
+    """A request's headers; names are case-insensitive, as in HTTP (clients differ in the case they send)."""
+
+    def __init__(self, items: Any) -> None:
+        super().__init__((name.lower(), value) for name, value in items)
+
+    def __getitem__(self, name: str) -> str:
+        return super().__getitem__(name.lower())
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and super().__contains__(name.lower())
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return super().get(name.lower(), default)
+
+
 @dataclass
 class Request:
     path: str
-    headers: dict[str, str]
+    headers: Headers
     body: dict[str, Any]
     at: float
 
@@ -67,7 +83,7 @@ class FakeOpenAIServer:
                 with server._lock:
                     server._seen[raw.decode()] += 1
                     seen = server._seen[raw.decode()]
-                    server.requests.append(Request(self.path, dict(self.headers), body, time.monotonic()))
+                    server.requests.append(Request(self.path, Headers(self.headers.items()), body, time.monotonic()))
                     server.in_flight += 1
                     server.max_in_flight = max(server.max_in_flight, server.in_flight)
                 try:

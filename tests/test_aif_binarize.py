@@ -12,7 +12,7 @@ import pytest
 from tests.helpers import write_jsonl
 from zephyr_lightning.aif import binarize, binarize_row, binarize_rows
 from zephyr_lightning.aif.binarize import DROP_ALL_TIED, DROP_NO_DISTINCT, DROP_TOO_FEW
-from zephyr_lightning.data.chat import BadRowError
+from zephyr_lightning.data.sources import BadRowError
 
 
 def row(prompt: str, scored: list[tuple[str, float | None]]) -> dict:

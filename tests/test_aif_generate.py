@@ -11,7 +11,7 @@ import torch
 from zephyr_lightning.aif import LocalGenerator, Prompt, generate_completions
 from zephyr_lightning.aif.generate import shard_dir
 from zephyr_lightning.aif.io import CorruptJsonlError, JsonlWriter, read_done
-from zephyr_lightning.data.base import prompt_id_of
+from zephyr_lightning.data.sources import prompt_id_of
 from zephyr_lightning.models import load_causal_lm
 
 TEXTS = ["What is two plus two?", "Name a colour.", "Write one word about the sea, please, in a short sentence."]

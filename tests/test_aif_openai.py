@@ -12,7 +12,9 @@ from tests.fake_openai import FakeOpenAIServer, Reply, chat_reply
 from tests.helpers import write_jsonl
 from zephyr_lightning.aif import (
     ASPECTS,
+    DEFAULT_RUBRIC,
     FatalRequestError,
+    JudgeItem,
     OpenAIChatGenerator,
     OpenAIJudge,
     Prompt,
@@ -21,8 +23,9 @@ from zephyr_lightning.aif import (
     generate_completions,
     judge_completions,
     parse_ratings,
+    ratings_model,
 )
-from zephyr_lightning.data.base import prompt_id_of
+from zephyr_lightning.data.sources import prompt_id_of
 
 SECRET = "sk-test-S3CRET-do-not-leak-1234567890"
 KEY_ENV = "ZL_TEST_JUDGE_KEY"
@@ -81,7 +84,6 @@ def make_judge(url: str, **kwargs) -> OpenAIJudge:
         "concurrency": 2,
         "timeout": 0.5,
         "max_retries": 3,
-        "backoff_base": 0.01,
         **kwargs,
     }
     return OpenAIJudge(model="judge-x", base_url=url, **kwargs)
@@ -246,8 +248,8 @@ def test_server_generator_writes_k_completions_per_prompt(tmp_path):
     prompts = [Prompt(prompt_id_of(t), t) for t in ("First?", "Second?", "Third?")]
     with FakeOpenAIServer(complete) as server:
         generators = [
-            OpenAIChatGenerator(server.url, "served-a", api_key_env=None, backoff_base=0.01),
-            OpenAIChatGenerator(server.url, "served-b", api_key_env=None, n_per_request=1, backoff_base=0.01),
+            OpenAIChatGenerator(server.url, "served-a", api_key_env=None),
+            OpenAIChatGenerator(server.url, "served-b", api_key_env=None, n_per_request=1),
         ]
         summary = generate_completions(prompts, generators, tmp_path / "generations.jsonl", num_completions=3, show_progress=False)
         assert sorted(r.body["n"] for r in server.requests) == [1] * 9 + [3] * 3
@@ -261,3 +263,69 @@ def test_server_generator_writes_k_completions_per_prompt(tmp_path):
             f"served-a answer {i} to {row['instruction']}" for i in range(3)
         ]
         assert {c["response"] for c in row["completions"][3:]} == {f"served-b answer 0 to {row['instruction']}"}
+
+
+def test_the_rating_schema_is_sent_as_response_format_and_replies_are_held_to_it(tmp_path, monkeypatch):
+    # A key in OPENAI_API_KEY must not be picked up when the judge names no variable.
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    rows = [generation_row("Q?", ["good answer", "EXTRA_KEY answer"])]
+    source = write_jsonl(tmp_path / "g.jsonl", rows)
+
+    def behaviour(body: dict, seen: int) -> Reply:
+        payload = {**ratings_for(response_of(body)), "rationale": "ok"}
+        if "EXTRA_KEY" in response_of(body):
+            payload["overall"] = 3  # a key the schema forbids
+        return Reply(200, chat_reply(json.dumps(payload)))
+
+    with FakeOpenAIServer(behaviour) as server:
+        judge = make_judge(server.url, api_key_env=None, extra_body={"temperature": 1.5, "top_k": 5})
+        summary = judge_completions(str(source), judge, tmp_path / "o.jsonl", show_progress=False)
+        body = server.requests[0].body
+        assert all("Authorization" not in r.headers for r in server.requests)
+    sent = body["response_format"]
+    assert sent["type"] == "json_schema" and sent["json_schema"]["schema"] == ratings_model().model_json_schema()
+    schema = sent["json_schema"]["schema"]
+    assert schema["required"] == list(ASPECTS) and schema["additionalProperties"] is False
+    assert all(schema["properties"][a]["type"] == "integer" for a in ASPECTS)
+    assert {(schema["properties"][a]["minimum"], schema["properties"][a]["maximum"]) for a in ASPECTS} == {(1, 5)}
+    # extra_body adds fields; the judge's own (temperature) win.
+    assert body["temperature"] == 0.0 and body["top_k"] == 5
+    assert (summary.judged, summary.failed) == (1, 1)
+    assert "unexpected key 'overall'" in summary.errors[0] and prompt_id_of("Q?") in summary.errors[0]
+
+
+@pytest.mark.parametrize("kind", ["json_object", None])
+def test_other_response_formats(kind):
+    judge = OpenAIJudge("m", response_format=kind)
+    request = judge.request(JudgeItem("Q?", "A."))
+    if kind is None:
+        assert "response_format" not in request
+        # Without a response_format the cache key is what it was before the option existed.
+        assert judge.fingerprint() == json.dumps(["openai", "m", DEFAULT_RUBRIC, "v1"])
+    else:
+        assert request["response_format"] == {"type": "json_object"}
+        assert judge.fingerprint() != OpenAIJudge("m", response_format=None).fingerprint()
+
+
+def test_replies_that_are_not_ratings_or_not_json_fail_their_item_only(tmp_path):
+    rows = [generation_row("Q?", ["TOO_LONG", "NOT_JSON", "NO_CHOICES", "fine"])]
+    source = write_jsonl(tmp_path / "g.jsonl", rows)
+
+    def behaviour(body: dict, seen: int) -> Reply:
+        response = response_of(body)
+        if response == "TOO_LONG":
+            return Reply(400, {"error": {"message": "maximum context length exceeded"}})
+        if response == "NOT_JSON":
+            return Reply(200, "<html>gateway</html>")
+        if response == "NO_CHOICES":
+            return Reply(200, {"object": "chat.completion"})
+        return Reply(200, chat_reply(json.dumps(ratings_for(response))))
+
+    with FakeOpenAIServer(behaviour) as server:
+        summary = judge_completions(str(source), make_judge(server.url), tmp_path / "o.jsonl", show_progress=False)
+        # A 400 is not retried; neither is a reply that is not JSON.
+        assert len(server.requests) == 4
+    errors = "\n".join(summary.errors)
+    assert (summary.judged, summary.failed) == (1, 3)
+    assert "HTTP 400" in errors and "maximum context length exceeded" in errors
+    assert "the reply is not JSON" in errors and "malformed chat-completions reply" in errors

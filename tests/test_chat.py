@@ -95,7 +95,7 @@ def test_validation_names_the_row(messages, match):
 
 
 def test_chat_format_adds_one_bos_like_the_tokenizer_and_shifts_the_mask(tokenizer):
-    from zephyr_lightning.data.chat import ChatFormat
+    from zephyr_lightning.chat_format import ChatFormat
 
     raw = tokenize_chat(tokenizer, MULTI)
     auto = tokenize_chat(tokenizer, MULTI, chat_format=ChatFormat())  # Mistral's tokenizer adds <s>
@@ -109,7 +109,7 @@ def test_chat_format_adds_one_bos_like_the_tokenizer_and_shifts_the_mask(tokeniz
 def test_a_template_that_writes_bos_gets_no_second_one(tokenizer):
     import copy
 
-    from zephyr_lightning.data.chat import ChatFormat
+    from zephyr_lightning.chat_format import ChatFormat
 
     tok = copy.deepcopy(tokenizer)
     tok.chat_template = "{{ bos_token }}" + tokenizer.chat_template
@@ -118,7 +118,7 @@ def test_a_template_that_writes_bos_gets_no_second_one(tokenizer):
 
 
 def test_empty_system_turn_as_the_handbook_inserts_it(tokenizer):
-    from zephyr_lightning.data.chat import ChatFormat
+    from zephyr_lightning.chat_format import ChatFormat
 
     chat = tokenize_chat(tokenizer, SINGLE, chat_format=ChatFormat(add_bos=False, empty_system_turn=True))
     assert chat.input_ids == _template_ids(tokenizer, [{"role": "system", "content": ""}, *SINGLE])
@@ -131,7 +131,7 @@ def test_empty_system_turn_as_the_handbook_inserts_it(tokenizer):
 @pytest.mark.parametrize("add_bos,empty_system_turn", [("auto", False), (False, True)])
 def test_generation_prompts_are_the_training_prompts(tokenizer, add_bos, empty_system_turn):
     """What AIF and sample generation feed the model is exactly the prompt part of a training pair."""
-    from zephyr_lightning.data.chat import ChatFormat
+    from zephyr_lightning.chat_format import ChatFormat
 
     fmt = ChatFormat(add_bos=add_bos, empty_system_turn=empty_system_turn)
     pair = tokenize_prompt_completion(tokenizer, SINGLE, chat_format=fmt)

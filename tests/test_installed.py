@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -22,8 +23,12 @@ def installed(tmp_path_factory) -> Path:
     """A venv holding only the built wheel; its dependencies come from this interpreter's site-packages,
     added as a plain path (so this environment's editable install of the checkout is not seen)."""
     work = tmp_path_factory.mktemp("installed")
+    # Built from a copy of the sources, as a release would be: no stale build/ folder, no run outputs.
+    source = work / "source"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "dist", "*.egg-info", "outputs", "multirun", "wandb", "__pycache__", ".whl", "runs"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                    str(work / "dist"), str(ROOT)], check=True, capture_output=True)
+                    str(work / "dist"), str(source)], check=True, capture_output=True)
     wheel = next((work / "dist").glob("zephyr_lightning-*.whl"))
     env_dir = work / "venv"
     venv.create(env_dir, with_pip=True)

@@ -197,6 +197,10 @@ def _describe(error: dict[str, Any]) -> str:
         return "must be true or false"
     if kind in ("string_type",):
         return "must be a string"
+    if kind == "string_too_short" and ctx.get("min_length") == 1:
+        return "must not be empty"
+    if kind == "value_error" and ctx.get("error"):
+        return str(ctx["error"])  # a validator's own words (``AfterValidator`` raising ValueError)
     where = "".join(f"[{part}]" for part in error.get("loc", ()) if isinstance(part, int))
     if kind == "missing" and where:
         return f"item {where} is missing"

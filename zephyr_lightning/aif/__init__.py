@@ -6,6 +6,11 @@ binarize them into preference pairs.
 
 The command composes `conf/aif/` with Hydra; everything here takes plain Python arguments and works
 without Hydra.
+
+Each step sits beside its backends: `generate` (the step) | `generators` (local model, OpenAI-compatible
+server), `judge` (the step, its cache) | `judges` (OpenAI-compatible rubric judge, reward model, Python
+function), then `binarize`. `client` drives the official ``openai`` client; `rubric` holds the rubric and
+the declared rating model; `io` the resumable JSONL files. Rows come through `zephyr_lightning.data.sources`.
 """
 
 from zephyr_lightning.aif.binarize import (
@@ -15,20 +20,11 @@ from zephyr_lightning.aif.binarize import (
     binarize_row,
     binarize_rows,
 )
-from zephyr_lightning.aif.client import (
-    FatalRequestError,
-    OpenAICompatibleClient,
-    RequestError,
-    RetryPolicy,
-)
-from zephyr_lightning.aif.generate import (
-    GenerateSummary,
-    Generator,
-    LocalGenerator,
-    OpenAIChatGenerator,
-    generate_completions,
-)
+from zephyr_lightning.aif.client import FatalRequestError, OpenAICompatibleClient, RequestError
+from zephyr_lightning.aif.generate import GenerateSummary, generate_completions
+from zephyr_lightning.aif.generators import Generator, LocalGenerator, OpenAIChatGenerator
 from zephyr_lightning.aif.io import CorruptJsonlError, JsonlWriter, read_done
+from zephyr_lightning.aif.judge import JudgementCache, JudgeSummary, judge_completions
 from zephyr_lightning.aif.judges import (
     CallableJudge,
     Judge,
@@ -38,9 +34,8 @@ from zephyr_lightning.aif.judges import (
     RewardModelJudge,
     heuristic_score,
 )
-from zephyr_lightning.aif.judging import JudgementCache, JudgeSummary, judge_completions
 from zephyr_lightning.aif.prompts import Prompt, load_prompts
-from zephyr_lightning.aif.rubric import ASPECTS, DEFAULT_RUBRIC, ScoreParseError, parse_ratings
+from zephyr_lightning.aif.rubric import ASPECTS, DEFAULT_RUBRIC, ScoreParseError, parse_ratings, ratings_model
 
 __all__ = [
     "ASPECTS",
@@ -64,7 +59,6 @@ __all__ = [
     "OpenAIJudge",
     "Prompt",
     "RequestError",
-    "RetryPolicy",
     "RewardModelJudge",
     "ScoreParseError",
     "binarize",
@@ -75,5 +69,6 @@ __all__ = [
     "judge_completions",
     "load_prompts",
     "parse_ratings",
+    "ratings_model",
     "read_done",
 ]

@@ -32,16 +32,16 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from zephyr_lightning.aif.io import write_jsonl_atomic
-from zephyr_lightning.data.base import prompt_id_of
-from zephyr_lightning.data.chat import BadRowError, validate_messages
-from zephyr_lightning.data.sources import load_split
+from zephyr_lightning.arguments import NonNegative, check_arguments
+from zephyr_lightning.data.sources import BadRowError, load_split, prompt_id_of
 
 log = logging.getLogger(__name__)
 
-REJECTED_STRATEGIES = ("random", "lowest")
+RejectedStrategy = Literal["random", "lowest"]
+REJECTED_STRATEGIES: tuple[str, ...] = get_args(RejectedStrategy)
 
 DROP_ALL_TIED = "all scores tie"
 DROP_TOO_FEW = "fewer than two scored completions"
@@ -65,7 +65,7 @@ def binarize_row(
     row: dict[str, Any],
     *,
     seed: int = 42,
-    rejected: str = "random",
+    rejected: RejectedStrategy = "random",
     score_key: str = "overall_score",
     where: str = "row",
 ) -> dict[str, Any] | str:
@@ -74,8 +74,12 @@ def binarize_row(
     Malformed rows (no instruction, completions that are not a list of objects with a text
     ``response``) raise `BadRowError` naming ``where``.
     """
-    if rejected not in REJECTED_STRATEGIES:
-        raise ValueError(f"binarize.rejected={rejected!r} is not one of {list(REJECTED_STRATEGIES)}")
+    check_arguments(binarize_row, locals(), prefix="binarize")
+    return _binarize_row(row, seed, rejected, score_key, where)
+
+
+def _binarize_row(row: dict[str, Any], seed: int, rejected: str, score_key: str, where: str) -> dict[str, Any] | str:
+    # Unchecked: binarize_rows checks its arguments once, not once per row.
     prompt = row.get("instruction", row.get("prompt"))
     if not isinstance(prompt, str) or not prompt.strip():
         raise BadRowError(f"{where}: 'instruction' is missing or empty")
@@ -104,13 +108,10 @@ def binarize_row(
         lowest = min(score for score, _ in others)
         others = [c for c in others if c[0] == lowest]
     loser = rng.choice(others)
-    user = {"role": "user", "content": prompt}
-    chosen_messages = validate_messages(
-        [user, {"role": "assistant", "content": chosen[1]}], where=f"{where} (chosen)", final_assistant=True
-    )
-    rejected_messages = validate_messages(
-        [dict(user), {"role": "assistant", "content": loser[1]}], where=f"{where} (rejected)", final_assistant=True
-    )
+    # A user turn and an assistant turn, both non-empty text (checked above): what PreferenceDataModule
+    # asks of a pair.
+    chosen_messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": chosen[1]}]
+    rejected_messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": loser[1]}]
     return {
         "prompt": prompt,
         "prompt_id": prompt_id,
@@ -137,18 +138,19 @@ def binarize_rows(
     rows: Iterable[dict[str, Any]],
     *,
     seed: int = 42,
-    rejected: str = "random",
+    rejected: RejectedStrategy = "random",
     score_key: str = "overall_score",
     source: str = "rows",
 ) -> tuple[list[dict[str, Any]], BinarizeSummary]:
     """Binarize many rows (first occurrence of a prompt wins); return the pairs and the counts."""
+    check_arguments(binarize_rows, locals(), prefix="binarize")
     summary = BinarizeSummary()
     pairs: list[dict[str, Any]] = []
     seen: set[str] = set()
     for index, row in enumerate(rows):
         summary.rows += 1
         where = f"{source} row {index}" + (f" prompt_id={row['prompt_id']}" if row.get("prompt_id") else "")
-        result = binarize_row(row, seed=seed, rejected=rejected, score_key=score_key, where=where)
+        result = _binarize_row(row, seed, rejected, score_key, where)
         if isinstance(result, str):
             summary.dropped[result] += 1
             continue
@@ -164,8 +166,6 @@ def binarize_rows(
 def split_pairs(pairs: list[dict[str, Any]], test_size: float, seed: int) -> tuple[list[dict], list[dict]]:
     """Train / test split by prompt: ``test_size`` < 1 is a fraction (at least one pair when there are
     two or more), >= 1 a count. Deterministic for a seed, whatever the input order."""
-    if test_size < 0:
-        raise ValueError(f"binarize.test_size must be >= 0, got {test_size}")
     n = len(pairs)
     if test_size == 0 or n < 2:
         return pairs, []
@@ -183,9 +183,9 @@ def binarize(
     output_dir: str | os.PathLike,
     *,
     seed: int = 42,
-    rejected: str = "random",
+    rejected: RejectedStrategy = "random",
     score_key: str = "overall_score",
-    test_size: float = 0.1,
+    test_size: NonNegative = 0.1,
     split: str = "train",
     train_split: str = "train_prefs",
     test_split: str = "test_prefs",
@@ -200,8 +200,7 @@ def binarize(
             ``fine-grained_score`` is the mean of the aspect ratings).
         test_size: fraction (< 1) or number (>= 1) of pairs held out; 0 writes no test file.
     """
-    if rejected not in REJECTED_STRATEGIES:
-        raise ValueError(f"binarize.rejected={rejected!r} is not one of {list(REJECTED_STRATEGIES)}")
+    check_arguments(binarize, locals(), prefix="binarize")
     rows = load_split(source, split)
     if "completions" not in rows.column_names:
         raise ValueError(f"{source} [{split}]: no 'completions' column; found {rows.column_names}")

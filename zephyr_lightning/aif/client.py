@@ -1,31 +1,51 @@
-"""A small client for OpenAI-compatible HTTP servers (OpenAI, vLLM, TGI, llama.cpp, ...).
+"""Many chat-completions requests at once through the official ``openai`` client, against OpenAI or
+any OpenAI-compatible server (vLLM, TGI, llama.cpp, ...) by ``base_url``.
 
-Shared by the chat-completions judge and the server generator: bounded concurrency, retries with
-exponential backoff and jitter on 429 / 5xx / timeouts / dropped connections (a server's
-``Retry-After`` is respected), and an API key read from an environment variable whose *name* is
-configured. The key lives only in the request headers: it is never stored on the object, logged, or
-put into an error message (texts that come back from the server are scrubbed of it too).
+The SDK does each request's retries: 408 / 409 / 429 / 5xx, timeouts and dropped connections are
+retried ``max_retries`` times with jittered exponential backoff, or after the server's ``Retry-After``;
+``timeout`` bounds each attempt. This module adds what a judge or generator of thousands of items
+needs around it:
+
+- at most ``concurrency`` requests in flight (a request waiting to retry keeps its slot, so a server
+  that rate-limits sees fewer requests, not more);
+- each reply handed to ``on_done`` as it arrives, so that it can be saved at once (caches, shards);
+- one item's failure as a `RequestError` (that item is counted as failed and the run goes on), and an
+  error that every request would hit (401, 403, 404) as a `FatalRequestError` that stops the run;
+- the API key read from the environment variable whose *name* is configured. The key lives only in
+  the SDK client of one call and its request headers: it is never stored on our objects, logged, or put
+  into an error message (texts that come back from the server are scrubbed of it too).
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import email.utils
 import logging
 import os
-import random
-import time
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+
+from pydantic import AfterValidator
+
+from zephyr_lightning.arguments import NonNegativeInt, Positive, PositiveInt, check_arguments
 
 if TYPE_CHECKING:
-    import httpx
+    import openai
+    from openai.types.chat import ChatCompletion
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+
+def _http_url(url: str) -> str:
+    if not url.startswith(("http://", "https://")):
+        raise ValueError("must start with http:// or https://")
+    return url
+
+
+# The declared type of a ``base_url`` argument: an http(s) API root.
+HttpUrl = Annotated[str, AfterValidator(_http_url)]
 
 
 class RequestError(RuntimeError):
@@ -35,40 +55,6 @@ class RequestError(RuntimeError):
 
 class FatalRequestError(RuntimeError):
     """An error that every request would hit (bad key, wrong URL or model): the run stops."""
-
-
-@dataclass
-class RetryPolicy:
-    """Exponential backoff with jitter: attempt ``k`` (from 0) waits ``base * 2**k`` capped at
-    ``max_delay``, scaled by a random factor in [0.5, 1] so that clients rate-limited together do not
-    retry together. A ``Retry-After`` from the server replaces the computed wait (capped at
-    ``max_retry_after``)."""
-
-    max_retries: int = 6
-    backoff_base: float = 1.0
-    max_delay: float = 60.0
-    max_retry_after: float = 600.0
-
-    def delay(self, attempt: int, retry_after: float | None = None) -> float:
-        if retry_after is not None:
-            return min(retry_after, self.max_retry_after)
-        cap = min(self.max_delay, self.backoff_base * (2**attempt))
-        return cap * random.uniform(0.5, 1.0)
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """``Retry-After`` is seconds or an HTTP date; anything unparseable is ignored."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
 
 
 def run_coroutine(coro: Coroutine[Any, Any, T]) -> T:
@@ -83,39 +69,41 @@ def run_coroutine(coro: Coroutine[Any, Any, T]) -> T:
 
 
 class OpenAICompatibleClient:
-    """POST JSON to ``{base_url}/{path}`` for many payloads at once, at most ``concurrency`` in flight.
+    """Send many chat-completions requests with the ``openai`` SDK, at most ``concurrency`` in flight.
 
     Args:
         base_url: the API root, e.g. ``https://api.openai.com/v1`` or ``http://localhost:8000/v1``.
         api_key_env: name of the environment variable holding the key. Unset or empty: requests go
             without an ``Authorization`` header (a local vLLM server needs none).
         concurrency: requests in flight at once.
-        timeout: seconds for one request (connect, read and write each).
-        retry: backoff policy for 429, 5xx, timeouts and connection errors.
+        timeout: seconds for one attempt of one request (connect, read and write each).
+        max_retries: retries of one request after its first attempt (the SDK's backoff between them).
     """
 
     def __init__(
         self,
-        base_url: str,
+        base_url: HttpUrl,
         *,
         api_key_env: str | None = "OPENAI_API_KEY",
-        concurrency: int = 8,
-        timeout: float = 60.0,
-        retry: RetryPolicy | None = None,
+        concurrency: PositiveInt = 8,
+        timeout: Positive = 60.0,
+        max_retries: NonNegativeInt = 6,
     ) -> None:
-        if concurrency < 1:
-            raise ValueError(f"concurrency must be >= 1, got {concurrency}")
-        if not base_url.startswith(("http://", "https://")):
-            raise ValueError(f"base_url={base_url!r} must start with http:// or https://")
+        check_arguments(OpenAICompatibleClient, locals())
         self.base_url = base_url.rstrip("/") + "/"
         self.api_key_env = api_key_env
         self.concurrency = concurrency
         self.timeout = timeout
-        self.retry = retry or RetryPolicy()
+        self.max_retries = max_retries
         self._warned_no_key = False
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(base_url={self.base_url!r}, api_key_env={self.api_key_env!r})"
+
+    @property
+    def url(self) -> str:
+        """The endpoint every request goes to, as errors name it."""
+        return self.base_url + "chat/completions"
 
     def _key(self) -> str | None:
         if not self.api_key_env:
@@ -126,82 +114,80 @@ class OpenAICompatibleClient:
         key = self._key()
         return text.replace(key, "***") if key else text
 
-    def _headers(self) -> dict[str, str]:
+    def _sdk_client(self) -> tuple[openai.AsyncOpenAI, dict[str, Any]]:
+        """A fresh SDK client (bound to the running event loop) and the headers each request adds."""
+        import openai
+
         key = self._key()
-        if key is None:
-            if not self._warned_no_key:
-                log.info("%s: no API key in $%s; sending requests without one", self.base_url, self.api_key_env)
-                self._warned_no_key = True
-            return {}
-        return {"Authorization": f"Bearer {key}"}
+        if key is None and not self._warned_no_key:
+            log.info("%s: no API key in $%s; sending requests without one", self.base_url, self.api_key_env)
+            self._warned_no_key = True
+        client = openai.AsyncOpenAI(
+            # Given explicitly, so that the SDK reads neither OPENAI_API_KEY nor OPENAI_BASE_URL on its own.
+            # Without a key the SDK still wants a non-empty one; the header it would make is omitted below.
+            api_key=key or "no-key",
+            base_url=self.base_url,
+            timeout=self.timeout,
+            max_retries=self.max_retries,
+        )
+        headers = {} if key else {"Authorization": openai.Omit()}
+        return client, headers
 
-    async def _post(self, client: httpx.AsyncClient, gate: asyncio.Semaphore, path: str, payload: dict) -> dict:
-        import httpx
+    def _failure(self, err: Exception) -> RequestError:
+        """Our error for an SDK error, in words that name the URL and never the key; raises
+        `FatalRequestError` for the errors every request would hit."""
+        import openai
 
-        url = self.base_url + path
-        reason = ""
-        for attempt in range(self.retry.max_retries + 1):
-            retry_after = None
-            try:
-                async with gate:
-                    response = await client.post(path, json=payload)
-            except httpx.TimeoutException:
-                reason = f"timed out after {self.timeout:g}s"
-            except httpx.TransportError as err:
-                reason = f"connection error ({type(err).__name__})"
-            else:
-                status = response.status_code
-                if status == 200:
-                    try:
-                        body = response.json()
-                    except ValueError:
-                        raise RequestError(f"{url}: the reply is not JSON: {self._scrub(response.text[:200])!r}") from None
-                    if not isinstance(body, dict):
-                        raise RequestError(f"{url}: expected a JSON object, got {type(body).__name__}")
-                    return body
-                detail = self._scrub(response.text[:300])
-                if status == 429 or status >= 500:
-                    reason = f"HTTP {status}"
-                    retry_after = parse_retry_after(response.headers.get("retry-after"))
-                elif status in (401, 403):
-                    raise FatalRequestError(
-                        f"{url}: HTTP {status} ({detail}); check the API key in the environment variable "
-                        f"${self.api_key_env} (api_key_env)"
-                    )
-                elif status == 404:
-                    raise FatalRequestError(f"{url}: HTTP 404 ({detail}); check base_url and the model name")
-                else:
-                    raise RequestError(f"{url}: HTTP {status}: {detail}")
-            if attempt == self.retry.max_retries:
-                break
-            wait = self.retry.delay(attempt, retry_after)
-            log.debug("%s: %s; retry %d/%d in %.2fs", url, reason, attempt + 1, self.retry.max_retries, wait)
-            await asyncio.sleep(wait)
-        raise RequestError(f"{url}: gave up after {self.retry.max_retries + 1} attempts (last: {reason})")
+        url = self.url
+        if isinstance(err, openai.APIStatusError):
+            status = err.status_code
+            detail = self._scrub(err.response.text[:300])
+            if status in (401, 403):
+                raise FatalRequestError(
+                    f"{url}: HTTP {status} ({detail}); check the API key in the environment variable "
+                    f"${self.api_key_env} (api_key_env)"
+                ) from None
+            if status == 404:
+                raise FatalRequestError(f"{url}: HTTP 404 ({detail}); check base_url and the model name") from None
+            reason = f"HTTP {status}"
+        elif isinstance(err, openai.APITimeoutError):
+            reason = f"timed out after {self.timeout:g}s"
+        elif isinstance(err, openai.APIConnectionError):
+            reason = f"connection error ({type(err.__cause__ or err).__name__})"
+        elif isinstance(err, ValueError):  # the SDK parses the body: a 200 whose body is not JSON
+            return RequestError(f"{url}: the reply is not JSON ({self._scrub(str(err))[:200]})")
+        else:
+            return RequestError(f"{url}: {type(err).__name__}: {self._scrub(str(err))[:300]}")
+        attempts = _attempts(err)
+        if isinstance(err, openai.APIStatusError) and attempts in (1, None):
+            # Not retried: the SDK judged it an error that retrying cannot fix (400, 422, ...).
+            return RequestError(f"{url}: {reason}: {detail}")
+        tries = f" after {attempts} attempts" if attempts else ""
+        return RequestError(f"{url}: gave up{tries} (last: {reason})")
 
-    async def _post_all(
+    async def _complete_all(
         self,
-        requests: Sequence[tuple[str, dict]],
-        on_done: Callable[[int, dict | RequestError], None] | None,
-    ) -> list[dict | RequestError]:
-        import httpx
+        requests: Sequence[dict[str, Any]],
+        on_done: Callable[[int, ChatCompletion | RequestError], None] | None,
+    ) -> list[ChatCompletion | RequestError]:
+        import openai
 
-        limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
-        async with httpx.AsyncClient(
-            base_url=self.base_url, headers=self._headers(), timeout=self.timeout, limits=limits
-        ) as client:
+        client, headers = self._sdk_client()
+        async with client:
             gate = asyncio.Semaphore(self.concurrency)
 
-            async def one(index: int, path: str, payload: dict) -> dict | RequestError:
+            async def one(index: int, request: dict[str, Any]) -> ChatCompletion | RequestError:
+                result: ChatCompletion | RequestError
                 try:
-                    result: dict | RequestError = await self._post(client, gate, path, payload)
-                except RequestError as err:
-                    result = err
+                    async with gate:
+                        result = await client.chat.completions.create(**request, extra_headers=headers)
+                except (openai.OpenAIError, ValueError) as err:
+                    result = self._failure(err)
                 if on_done is not None:
                     on_done(index, result)
                 return result
 
-            tasks = [asyncio.ensure_future(one(i, path, payload)) for i, (path, payload) in enumerate(requests)]
+            tasks = [asyncio.ensure_future(one(i, request)) for i, request in enumerate(requests)]
             try:
                 return list(await asyncio.gather(*tasks))
             except BaseException:
@@ -211,26 +197,49 @@ class OpenAICompatibleClient:
                 await asyncio.gather(*tasks, return_exceptions=True)
                 raise
 
-    def post_all(
+    def complete_all(
         self,
-        requests: Sequence[tuple[str, dict]],
-        on_done: Callable[[int, dict | RequestError], None] | None = None,
-    ) -> list[dict | RequestError]:
-        """Send ``(path, payload)`` requests concurrently; return each reply's JSON, or the
-        `RequestError` of the ones that failed, in order. ``on_done(index, result)`` is called as each
+        requests: Sequence[dict[str, Any]],
+        on_done: Callable[[int, ChatCompletion | RequestError], None] | None = None,
+    ) -> list[ChatCompletion | RequestError]:
+        """Send chat-completions requests concurrently (each a dict of keyword arguments of the SDK's
+        ``chat.completions.create``: ``model``, ``messages``, ..., ``extra_body``); return each reply, or
+        the `RequestError` of the ones that failed, in order. ``on_done(index, result)`` is called as each
         finishes (on the calling thread's event loop), so results can be saved as they arrive.
         A `FatalRequestError` stops everything and is raised."""
         if not requests:
             return []
-        return run_coroutine(self._post_all(requests, on_done))
+        return run_coroutine(self._complete_all(requests, on_done))
 
 
-def chat_content(reply: dict, index: int = 0) -> str:
+def _attempts(err: Exception) -> int | None:
+    """How many attempts the SDK made, from the retry count it sends with each request."""
+    request = getattr(err, "request", None)
+    try:
+        return int(request.headers["x-stainless-retry-count"]) + 1
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return None
+
+
+def with_extra_body(request: dict[str, Any], extra_body: dict[str, Any]) -> dict[str, Any]:
+    """``request`` with the configured extra fields as the SDK's ``extra_body``, less those the request
+    sets itself: our fields win (the SDK would let extra_body override them)."""
+    extra = {key: value for key, value in extra_body.items() if key not in request}
+    return {**request, "extra_body": extra} if extra else request
+
+
+def chat_content(reply: ChatCompletion, index: int = 0) -> str:
     """The text of choice ``index`` of a chat-completions reply; a malformed reply is a RequestError."""
     try:
-        content = reply["choices"][index]["message"]["content"]
-    except (KeyError, IndexError, TypeError):
+        content = reply.choices[index].message.content
+    except (AttributeError, IndexError, TypeError):
         raise RequestError(f"malformed chat-completions reply (no choices[{index}].message.content)") from None
     if not isinstance(content, str):
         raise RequestError(f"chat-completions reply: content is {type(content).__name__}, not text")
     return content
+
+
+def choice_count(reply: ChatCompletion) -> int:
+    """How many choices a reply holds (0 for a malformed one)."""
+    choices = getattr(reply, "choices", None)
+    return len(choices) if isinstance(choices, list) else 0

@@ -22,9 +22,17 @@ import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol, runtime_checkable
 
-from zephyr_lightning.aif.client import OpenAICompatibleClient, RequestError, RetryPolicy, chat_content
+from pydantic import Field
+
+from zephyr_lightning.aif.client import (
+    HttpUrl,
+    OpenAICompatibleClient,
+    RequestError,
+    chat_content,
+    with_extra_body,
+)
 from zephyr_lightning.aif.rubric import (
     JUDGE_FORMAT_VERSION,
     ScoreParseError,
@@ -32,8 +40,13 @@ from zephyr_lightning.aif.rubric import (
     load_rubric,
     overall_score,
     parse_ratings,
+    response_format_for,
 )
+from zephyr_lightning.arguments import NonNegative, NonNegativeInt, Positive, PositiveInt, check_arguments
 from zephyr_lightning.models import ModelSpec, as_spec
+
+if TYPE_CHECKING:
+    from openai.types.chat import ChatCompletion
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +197,8 @@ class OpenAIJudge:
 
     The rubric is the system message; the user message holds the instruction and the response
     between markers (`zephyr_lightning.aif.rubric.judge_user_message`). The reply must be the rubric's
-    JSON object (`parse_ratings`); the score is the mean of the aspect ratings.
+    JSON object (`parse_ratings`, by the declared `ratings_model`); the score is the mean of the aspect
+    ratings. Requests go through the official ``openai`` client (`OpenAICompatibleClient`).
 
     Args:
         model: the judge model's name on the server (e.g. ``gpt-4o``).
@@ -193,46 +207,43 @@ class OpenAIJudge:
             appears in a config, a log line, an error or a written file.
         rubric: ``None`` for the built-in rubric, a path to a text file, or the rubric text.
         concurrency: requests in flight at once.
-        timeout: seconds per request before it counts as timed out (and is retried).
-        max_retries, backoff_base, max_delay: retries on 429 / 5xx / timeouts / dropped connections,
-            waiting ``backoff_base * 2**attempt`` (capped at ``max_delay``, with jitter) or the
-            server's ``Retry-After``.
+        timeout: seconds per attempt before it counts as timed out (and is retried).
+        max_retries: retries of a request on 408/409/429/5xx, timeouts and dropped connections, after
+            the server's ``Retry-After`` or with the SDK's jittered exponential backoff.
         temperature, max_tokens: sampling of the judge's reply.
-        extra_body: extra request fields, e.g. ``{"response_format": {"type": "json_object"}}``.
+        response_format: ``json_schema`` sends the rating object's JSON schema (vLLM and OpenAI constrain
+            the reply to it), ``json_object`` asks for any JSON object, ``None`` sends none (for servers or
+            models without structured outputs). Replies are validated the same way in every case.
+        extra_body: extra request fields, sent as they are (fields the judge sets itself win).
         name: how logs and summaries name this judge.
     """
 
     def __init__(
         self,
-        model: str,
-        base_url: str = "https://api.openai.com/v1",
+        model: Annotated[str, Field(min_length=1)],
+        base_url: HttpUrl = "https://api.openai.com/v1",
         *,
         api_key_env: str | None = "OPENAI_API_KEY",
         rubric: str | None = None,
-        concurrency: int = 8,
-        timeout: float = 60.0,
-        max_retries: int = 6,
-        backoff_base: float = 1.0,
-        max_delay: float = 60.0,
-        temperature: float = 0.0,
-        max_tokens: int = 512,
+        concurrency: PositiveInt = 8,
+        timeout: Positive = 60.0,
+        max_retries: NonNegativeInt = 6,
+        temperature: NonNegative = 0.0,
+        max_tokens: PositiveInt = 512,
+        response_format: Literal["json_schema", "json_object"] | None = "json_schema",
         extra_body: dict[str, Any] | None = None,
         name: str | None = None,
     ) -> None:
-        if not model:
-            raise ValueError("judge.model is required: the judge model's name on the server")
+        check_arguments(OpenAIJudge, locals(), prefix="judge")
         self.model = model
         self.rubric = load_rubric(rubric)
         self.temperature = temperature
         self.max_tokens = max_tokens
+        self.response_format = response_format
         self.extra_body = dict(extra_body or {})
         self.name = name or f"openai:{model}"
         self.client = OpenAICompatibleClient(
-            base_url,
-            api_key_env=api_key_env,
-            concurrency=concurrency,
-            timeout=timeout,
-            retry=RetryPolicy(max_retries=max_retries, backoff_base=backoff_base, max_delay=max_delay),
+            base_url, api_key_env=api_key_env, concurrency=concurrency, timeout=timeout, max_retries=max_retries
         )
 
     def __repr__(self) -> str:
@@ -240,12 +251,16 @@ class OpenAIJudge:
 
     def fingerprint(self) -> str:
         # The cache key: judge model, rubric and message format (the prompt and response are added
-        # per item by the cache).
-        return json.dumps(["openai", self.model, self.rubric, JUDGE_FORMAT_VERSION])
+        # per item by the cache). A response_format constrains the reply, so it is part of the key too;
+        # without one the key is what it was before the option existed, so older caches still count.
+        parts: list[Any] = ["openai", self.model, self.rubric, JUDGE_FORMAT_VERSION]
+        if self.response_format is not None:
+            parts.append(self.response_format)
+        return json.dumps(parts)
 
-    def payload(self, item: JudgeItem) -> dict[str, Any]:
-        return {
-            **self.extra_body,
+    def request(self, item: JudgeItem) -> dict[str, Any]:
+        """The keyword arguments of ``chat.completions.create`` that rate ``item``."""
+        request: dict[str, Any] = {
             "model": self.model,
             "messages": [
                 {"role": "system", "content": self.rubric},
@@ -254,8 +269,11 @@ class OpenAIJudge:
             "temperature": self.temperature,
             "max_tokens": self.max_tokens,
         }
+        if self.response_format is not None:
+            request["response_format"] = response_format_for(self.response_format)
+        return with_extra_body(request, self.extra_body)
 
-    def _to_judgement(self, item: JudgeItem, reply: dict | RequestError) -> Judgement:
+    def _to_judgement(self, item: JudgeItem, reply: ChatCompletion | RequestError) -> Judgement:
         if isinstance(reply, RequestError):
             return Judgement(None, error=f"{item.where()}: request failed: {reply}")
         try:
@@ -268,11 +286,11 @@ class OpenAIJudge:
         return Judgement(overall_score(ratings), ratings=ratings, rationale=rationale)
 
     def judge(self, items: Sequence[JudgeItem], on_result: OnResult | None = None) -> list[Judgement]:
-        def done(index: int, reply: dict | RequestError) -> None:
+        def done(index: int, reply: ChatCompletion | RequestError) -> None:
             if on_result is not None:
                 on_result(index, self._to_judgement(items[index], reply))
 
-        replies = self.client.post_all([("chat/completions", self.payload(item)) for item in items], done)
+        replies = self.client.complete_all([self.request(item) for item in items], done)
         return [self._to_judgement(item, reply) for item, reply in zip(items, replies)]
 
 
@@ -303,19 +321,18 @@ class RewardModelJudge:
         self,
         model: ModelSpec | str | dict[str, Any],
         *,
-        batch_size: int = 8,
-        max_length: int = 4096,
+        batch_size: PositiveInt = 8,
+        max_length: PositiveInt = 4096,
         device: str | None = None,
         name: str | None = None,
     ) -> None:
+        check_arguments(RewardModelJudge, locals(), prefix="judge")
         self.spec = as_spec(model)
         if self.spec.is_builtin:
             raise ValueError(
                 f"judge.model={self.spec.name_or_path!r} is a built-in causal LM, not a reward model; give the "
                 "hub name or folder of an AutoModelForSequenceClassification model with num_labels=1"
             )
-        if batch_size < 1:
-            raise ValueError(f"judge.batch_size must be >= 1, got {batch_size}")
         self.batch_size = batch_size
         self.max_length = max_length
         self.device = device
@@ -370,8 +387,6 @@ class RewardModelJudge:
     def judge(self, items: Sequence[JudgeItem], on_result: OnResult | None = None) -> list[Judgement]:
         import torch
 
-        from zephyr_lightning.data.chat import render
-
         loaded = self.setup()
         tokenizer, model = loaded.tokenizer, loaded.model
         results: list[Judgement | None] = [None] * len(items)
@@ -387,7 +402,7 @@ class RewardModelJudge:
                 finish(index, Judgement(None, error=f"{item.where()}: empty response"))
                 continue
             messages = [{"role": "user", "content": item.prompt}, {"role": "assistant", "content": item.response}]
-            ids = tokenizer(render(tokenizer, messages), add_special_tokens=False)["input_ids"]
+            ids = tokenizer(tokenizer.apply_chat_template(messages, tokenize=False), add_special_tokens=False)["input_ids"]
             if len(ids) > self.max_length:
                 finish(index, Judgement(None, error=f"{item.where()}: {len(ids)} tokens > max_length={self.max_length}"))
                 continue

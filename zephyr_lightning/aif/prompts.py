@@ -6,9 +6,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from zephyr_lightning.data.base import prompt_id_of
-from zephyr_lightning.data.chat import BadRowError
-from zephyr_lightning.data.sources import load_split
+from zephyr_lightning.data.sources import BadRowError, load_split, prompt_id_of
 
 log = logging.getLogger(__name__)
 

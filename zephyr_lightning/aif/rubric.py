@@ -2,15 +2,19 @@
 
 The rubric follows UltraFeedback's four aspects (instruction following, honesty, truthfulness,
 helpfulness), each rated 1-5; the text is ours. The judge must answer with one JSON object and
-nothing else; a reply that is not exactly that is a failed item, never a guessed score.
+nothing else; a reply that is not exactly that is a failed item, never a guessed score. The object is
+declared once, as a pydantic model (`ratings_model`), which both validates replies and gives the JSON
+schema a judge can send as ``response_format``.
 """
 
 from __future__ import annotations
 
-import json
-import math
+import functools
 import re
 from pathlib import Path
+from typing import Annotated, Any, Optional
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, create_model
 
 ASPECTS = ("instruction_following", "honesty", "truthfulness", "helpfulness")
 RATING_RANGE = (1, 5)
@@ -74,11 +78,56 @@ class ScoreParseError(ValueError):
     """A judge reply that is not exactly the requested JSON object."""
 
 
+def _a_number(value: Any) -> Any:
+    # pydantic would read "4" and true as 4 and 1; a judge that writes them did not follow the format.
+    if isinstance(value, (bool, str)):
+        raise ValueError(f"must be a number, not {type(value).__name__}")
+    return value
+
+
+# One aspect's rating: an integer in RATING_RANGE (4.0 is read as 4; 4.5, "4" and true are refused).
+Rating = Annotated[int, Field(ge=RATING_RANGE[0], le=RATING_RANGE[1]), BeforeValidator(_a_number)]
+
+
+@functools.cache
+def ratings_model(aspects: tuple[str, ...] = ASPECTS) -> type[BaseModel]:
+    """The reply the rubric asks for, declared: every aspect a `Rating`, an optional ``rationale`` text,
+    and nothing else. It validates replies (`parse_ratings`), and its JSON schema is what a judge sends
+    as ``response_format`` (`response_format_for`)."""
+    fields: dict[str, Any] = {aspect: (Rating, ...) for aspect in aspects}
+    return create_model(
+        "JudgeRatings", __config__=ConfigDict(extra="forbid"), **fields, rationale=(Optional[str], None)  # noqa: UP045
+    )
+
+
+def response_format_for(kind: str | None, aspects: tuple[str, ...] = ASPECTS) -> dict[str, Any] | None:
+    """The chat-completions ``response_format`` for a reply kind: ``json_schema`` (the reply constrained
+    to `ratings_model`'s schema; vLLM and OpenAI honour it), ``json_object`` (any JSON object), or
+    ``None`` (none sent: the rubric alone asks for the object)."""
+    if kind is None:
+        return None
+    if kind == "json_object":
+        return {"type": "json_object"}
+    schema = ratings_model(aspects).model_json_schema()
+    # Not "strict": OpenAI's strict mode wants every property required, and rationale is optional.
+    return {"type": "json_schema", "json_schema": {"name": "judge_ratings", "schema": schema, "strict": False}}
+
+
 _FENCE = re.compile(r"\A```(?:json)?[ \t]*\n(.*)\n```\Z", re.DOTALL)
 
 
+def _problem(error: dict[str, Any]) -> str:
+    where = ".".join(str(part) for part in error.get("loc", ()))
+    if error.get("type") == "extra_forbidden":
+        return f"unexpected key {where!r}"
+    if error.get("type") == "missing":
+        return f"missing rating {where!r}"
+    message = str((error.get("ctx") or {}).get("error") or error.get("msg", "invalid"))
+    return f"{where}={error.get('input')!r}: {message}" if where else message
+
+
 def parse_ratings(reply: str, aspects: tuple[str, ...] = ASPECTS) -> tuple[dict[str, int], str | None]:
-    """Parse ``{"<aspect>": int, ..., "rationale": str}`` strictly.
+    """Parse ``{"<aspect>": int, ..., "rationale": str}`` strictly, by `ratings_model`.
 
     Accepted: exactly one JSON object, optionally inside a single ```json fence (a formatting habit
     that leaves nothing ambiguous). Every aspect must be present as an integer in 1..5 (``4.0`` is
@@ -90,32 +139,16 @@ def parse_ratings(reply: str, aspects: tuple[str, ...] = ASPECTS) -> tuple[dict[
     if fenced:
         text = fenced.group(1).strip()
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError:
-        raise ScoreParseError(f"not a JSON object: {reply[:200]!r}") from None
-    if not isinstance(data, dict):
-        raise ScoreParseError(f"expected a JSON object, got {type(data).__name__}: {reply[:200]!r}")
-    unknown = sorted(set(data) - set(aspects) - {"rationale"})
-    if unknown:
-        raise ScoreParseError(f"unexpected keys {unknown}; expected {list(aspects)} and 'rationale'")
-    missing = [a for a in aspects if a not in data]
-    if missing:
-        raise ScoreParseError(f"missing ratings for {missing}")
-    low, high = RATING_RANGE
-    ratings: dict[str, int] = {}
-    for aspect in aspects:
-        value = data[aspect]
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ScoreParseError(f"{aspect}={value!r} is not a number")
-        if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
-            raise ScoreParseError(f"{aspect}={value!r} is not an integer rating")
-        if not low <= value <= high:
-            raise ScoreParseError(f"{aspect}={value!r} is outside {low}..{high}")
-        ratings[aspect] = int(value)
-    rationale = data.get("rationale")
-    if rationale is not None and not isinstance(rationale, str):
-        raise ScoreParseError(f"rationale must be a string, got {type(rationale).__name__}")
-    return ratings, rationale
+        parsed = ratings_model(aspects).model_validate_json(text)
+    except ValidationError as err:
+        errors = err.errors()
+        if errors[0]["type"] == "json_invalid":
+            raise ScoreParseError(f"not a JSON object: {reply[:200]!r}") from None
+        if errors[0]["type"] == "model_type":
+            raise ScoreParseError(f"expected a JSON object: {reply[:200]!r}") from None
+        raise ScoreParseError("; ".join(_problem(e) for e in errors)) from None
+    values = parsed.model_dump()
+    return {aspect: values[aspect] for aspect in aspects}, values["rationale"]
 
 
 def overall_score(ratings: dict[str, int]) -> float:

@@ -4,7 +4,6 @@ training loader resumes mid-epoch exactly; see `zephyr_lightning.data.resumable`
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections import Counter
 from typing import Any, Literal, get_args
@@ -16,9 +15,9 @@ from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
 from zephyr_lightning.arguments import NonNegativeInt, PositiveInt, check_arguments
-from zephyr_lightning.data.chat import AddBos, BadRowError, ChatFormat
+from zephyr_lightning.chat_format import AddBos, ChatFormat
 from zephyr_lightning.data.resumable import ResumableDataLoader
-from zephyr_lightning.data.sources import BadLine, load_split_report
+from zephyr_lightning.data.sources import BadLine, BadRowError, load_split_report, prompt_id_of
 from zephyr_lightning.models import ModelSpec, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -29,11 +28,6 @@ OnBadRow = Literal["error", "skip"]
 ON_TOO_LONG: tuple[str, ...] = get_args(OnTooLong)
 ON_BAD_ROW: tuple[str, ...] = get_args(OnBadRow)
 KEPT = ("ok", "truncated")
-
-
-def prompt_id_of(prompt: str) -> str:
-    """The ultrafeedback_binarized convention: sha256 of the prompt text."""
-    return hashlib.sha256(prompt.encode("utf-8")).hexdigest()
 
 
 def row_label(source: str, split: str, row: dict[str, Any], index: int) -> str:

@@ -1,6 +1,10 @@
 """Where rows come from: a hub dataset name, a local json/jsonl/parquet file or folder, or a data set
 shipped inside this package (``builtin:<name>``).
 
+This is the one module that the DataModules (``zephyr_lightning.data``) and the AI-feedback steps
+(``zephyr_lightning.aif``) share: loading (`load_split`, `load_split_report`, `BadLine`), the error for an
+unusable row (`BadRowError`) and the ``prompt_id`` convention (`prompt_id_of`).
+
 A local JSON-lines file that ``datasets`` cannot read is scanned line by line, so that the error names
 the file and the line (invalid UTF-8, invalid JSON, a line that is not an object); with
 ``on_bad_line="skip"`` those lines are left out and reported instead.
@@ -19,13 +23,21 @@ from pathlib import Path
 import datasets
 
 from zephyr_lightning.atomic import atomic_write
-from zephyr_lightning.data.chat import BadRowError
 
 log = logging.getLogger(__name__)
 
 BUILTIN_PREFIX = "builtin:"
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 _FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+
+
+class BadRowError(ValueError):
+    """A data row that cannot be used; the message names the row and what is wrong."""
+
+
+def prompt_id_of(prompt: str) -> str:
+    """The ultrafeedback_binarized convention: sha256 of the prompt text."""
+    return hashlib.sha256(prompt.encode("utf-8")).hexdigest()
 
 
 def resolve_path(source: str) -> str:

@@ -20,10 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from zephyr_lightning.aif.generate import LocalGenerator, generate_completions
+from zephyr_lightning.aif.generate import generate_completions
+from zephyr_lightning.aif.generators import LocalGenerator
 from zephyr_lightning.aif.io import iter_jsonl
+from zephyr_lightning.aif.judge import judge_completions
 from zephyr_lightning.aif.judges import Judge
-from zephyr_lightning.aif.judging import judge_completions
 from zephyr_lightning.aif.prompts import load_prompts
 from zephyr_lightning.models import ModelSpec
 

@@ -26,10 +26,9 @@ from tqdm.auto import tqdm
 
 from zephyr_lightning.aif.io import JsonlWriter, iter_jsonl, repair_truncated_tail
 from zephyr_lightning.aif.judges import Judge, JudgeItem, Judgement
+from zephyr_lightning.arguments import PositiveInt, check_arguments
 from zephyr_lightning.atomic import atomic_write
-from zephyr_lightning.data.base import prompt_id_of
-from zephyr_lightning.data.chat import BadRowError
-from zephyr_lightning.data.sources import load_split
+from zephyr_lightning.data.sources import BadRowError, load_split, prompt_id_of
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +144,7 @@ def judge_completions(
     *,
     cache_path: str | os.PathLike | None = None,
     split: str = "train",
-    chunk_size: int = 256,
+    chunk_size: PositiveInt = 256,
     show_progress: bool = True,
 ) -> JudgeSummary:
     """Score every completion of the rows in ``source`` with ``judge``; write them to ``output``.
@@ -159,8 +158,7 @@ def judge_completions(
         split: the split of ``source``.
         chunk_size: completions handed to the judge at once (their requests run concurrently).
     """
-    if not isinstance(judge, Judge):
-        raise TypeError(f"{type(judge).__name__} is not a Judge (needs name, fingerprint() and judge())")
+    check_arguments(judge_completions, locals(), prefix="judging")
     rows = load_split(source, split)
     output = Path(output)
     fingerprint = judge.fingerprint()
