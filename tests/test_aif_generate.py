@@ -71,17 +71,19 @@ def test_left_padded_batches_generate_what_single_prompts_do(tmp_path):
     batched = greedy.generate(TEXTS, 1)
     single = [greedy.generate([t], 1)[0] for t in TEXTS]
     assert batched == single
-    # And the prompt really was rendered with the chat template: continue it by hand and compare.
+    # And the prompt really was rendered with the chat template (after <s>: data.add_bos=auto, as in training):
+    # continue it by hand and compare.
     model, tokenizer = greedy._model, greedy._tokenizer
     ids = tokenizer.apply_chat_template([{"role": "user", "content": TEXTS[0]}], add_generation_prompt=True, return_dict=True)["input_ids"]
-    ids = torch.tensor([ids])
+    ids = torch.tensor([[tokenizer.bos_token_id, *ids]])
     with torch.no_grad():
         for _ in range(6):
             next_id = model(ids).logits[0, -1].argmax()
             ids = torch.cat([ids, next_id.view(1, 1)], dim=1)
     assert tokenizer.decode(ids[0, -6:], skip_special_tokens=True).strip() == batched[0][0]
     # A prompt over max_prompt_length fails alone (not truncated); the others are unaffected.
-    lengths = [len(tokenizer.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True)["input_ids"]) for t in TEXTS]
+    lengths = [1 + len(tokenizer.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True)["input_ids"])
+               for t in TEXTS]
     limited = tiny("g", 0, do_sample=False, max_new_tokens=6, max_prompt_length=max(lengths) - 1)
     limited._model, limited._tokenizer = model, tokenizer
     results = limited.generate(TEXTS, 1)

@@ -8,6 +8,7 @@ The generate step that runs them (`zephyr_lightning.aif.generate`) knows only th
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -32,6 +33,7 @@ from zephyr_lightning.arguments import (
     check_arguments,
     cross_check,
 )
+from zephyr_lightning.chat_format import AddBos, ChatFormat
 from zephyr_lightning.models import ModelSpec, as_spec
 
 log = logging.getLogger(__name__)
@@ -88,6 +90,8 @@ class LocalGenerator:
         max_new_tokens: longest completion.
         do_sample, temperature, top_p, top_k, repetition_penalty: sampling settings.
         system_prompt: a system turn before each prompt (UltraFeedback's ``custom_system_prompt``).
+        add_bos, empty_system_turn: the `ChatFormat` the prompts are rendered with; use the same values the
+            model was (or will be) trained with (``data.add_bos``, ``data.empty_system_turn``).
         max_prompt_length: prompts rendered longer than this many tokens fail (counted, not
             truncated: a cut prompt is a different task); ``None``: no limit.
         seed: sampling seed; each batch's seed is derived from it and the batch's prompts.
@@ -110,6 +114,8 @@ class LocalGenerator:
         max_prompt_length: PositiveInt | None = None,
         seed: int = 0,
         device: str | None = None,
+        add_bos: AddBos = "auto",
+        empty_system_turn: bool = False,
     ) -> None:
         # The Hydra key is generate.models.<entry>, which the generator does not know; config validation
         # names it, and the constructor says "generator".
@@ -127,6 +133,7 @@ class LocalGenerator:
         self.max_prompt_length = max_prompt_length
         self.seed = seed
         self.device = device
+        self.chat_format = ChatFormat(add_bos, empty_system_turn)
         self._model = None
         self._tokenizer = None
 
@@ -143,6 +150,7 @@ class LocalGenerator:
             "system_prompt": self.system_prompt,
             "max_prompt_length": self.max_prompt_length,
             "seed": self.seed,
+            "chat_format": dataclasses.asdict(self.chat_format),
         }
 
     def setup(self) -> None:
@@ -177,11 +185,7 @@ class LocalGenerator:
             raise ValueError(f"{self.name}: do_sample=false would give {n} identical completions; sample, or use n=1")
         self.setup()
         model, tokenizer = self._model, self._tokenizer
-        texts = [
-            tokenizer.apply_chat_template(_messages(p, self.system_prompt), tokenize=False, add_generation_prompt=True)
-            for p in prompts
-        ]
-        ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+        ids = [self.chat_format.encode_prompt(tokenizer, _messages(p, self.system_prompt)) for p in prompts]
         results: list[list[str] | Exception] = [[] for _ in prompts]
         keep = []
         for i, row in enumerate(ids):
