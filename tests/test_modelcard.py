@@ -135,11 +135,12 @@ def test_dpo_card_tells_the_recipe_command_and_lineage_without_secrets(dpo_run, 
     card = (dpo_run / "hf" / "README.md").read_text()
     metadata = card_metadata(card)
     assert metadata["tags"] == ["zephyr-lightning", "dpo"]
-    assert metadata["license"] == "apache-2.0"  # from the starting model's own card (the dSFT export)
-    assert "base_model" not in metadata  # a local folder is no Hub id
+    # From the starting model's own card (the dSFT export, made for me/tiny-sft): the Hub lineage and license.
+    assert metadata["license"] == "apache-2.0" and metadata["base_model"] == "me/tiny-sft"
     sft_export = sft_run[0] / "hf"
     assert f"of `{sft_export}` on `builtin:tiny_prefs`" in card
-    assert f"The starting model `{sft_export}` is a local folder; its own card names license: apache-2.0." in card
+    assert (f"The starting model `{sft_export}` is a local folder; its own card names model_name: me/tiny-sft; "
+            "license: apache-2.0.") in card
     for row in ("| beta | 0.25 |", "| loss | sigmoid (DPO, Rafailov et al. 2023) |", "| learning rate | 0.001 |",
                 "| reference model | the starting model, frozen |", "| batch size per device | 8 preference pairs |",
                 "| max prompt length (tokens) | 128 |", "| seed | 42 |", "| schedule | linear, 10% warmup |"):

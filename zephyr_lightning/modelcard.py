@@ -223,16 +223,21 @@ def render_card(
 ) -> str:
     """The card's text: YAML metadata, then prose. ``model_id`` is the Hub repository the export goes to
     (the title and the usage example name it); ``license`` the model's license id, when known (else the
-    license in a local starting model's own card, else none)."""
+    license in a local starting model's own card, else none). Both default to the run's own
+    ``callbacks.hf_export`` settings when its config has them."""
     if kind not in EXPORT_KINDS:
         raise ValueError(f"kind={kind!r}: must be one of {list(EXPORT_KINDS)}")
     from huggingface_hub import ModelCardData
 
     cfg = records.config
     stage = _stage(cfg)
+    # The run's own export settings (callbacks.hf_export) stand in for what this call leaves unsaid.
+    model_id = model_id or _get(cfg, "callbacks.hf_export.hub_model_id")
     base = _model_spec(cfg).get("name_or_path")
     base_card = _local_card_metadata(base)
-    license = license or base_card.get("license")
+    license = license or _get(cfg, "callbacks.hf_export.license") or base_card.get("license")
+    # A local starting model that is a previous stage's export names the Hub repository it was made for.
+    base_repo = base if _is_hub_id(base) else base_card.get("model_name") if _is_hub_id(base_card.get("model_name")) else None
     sources = _data_sources(cfg, records.data_summary)
     peft, quantization = _get(cfg, "model.peft"), _get(cfg, "model.quantization")
     tags = [PROJECT, *(["sft"] if stage == "sft" else ["dpo"] if stage == "dpo" else [])]
@@ -240,7 +245,7 @@ def render_card(
         tags.append("qlora" if quantization else "lora")
     tags += ["peft"] if kind == "adapter" else []
     metadata = ModelCardData(
-        base_model=base if _is_hub_id(base) else None,
+        base_model=base_repo,
         datasets=[s for s in sources if _is_hub_id(s)] or None,
         license=license,
         library_name="peft" if kind == "adapter" else "transformers",
@@ -434,7 +439,7 @@ def _intro(stage, base, base_card, sources, kind, model_id) -> list[str]:
                  f"([Tunstall et al. 2023]({PAPER})).")
     lines = [f"# {title}", "", sentence, "", _KINDS[kind]]
     if base_card:
-        inherited = {k: base_card[k] for k in ("base_model", "license", "datasets") if base_card.get(k)}
+        inherited = {k: base_card[k] for k in ("model_name", "base_model", "license", "datasets") if base_card.get(k)}
         if inherited:
             lines += ["", f"The starting model `{base}` is a local folder; its own card names "
                       + "; ".join(f"{k}: {_fmt(v)}" for k, v in inherited.items()) + "."]
