@@ -210,6 +210,37 @@ def test_failed_push_keeps_the_export_and_its_retry_command_works(dpo_run, tmp_p
     assert TOKEN not in result.stderr + retried.stdout + retried.stderr
 
 
+def test_export_from_a_checkpoint_tells_what_the_checkpoint_recorded(sft_run, tmp_path, capsys):
+    run_dir = sft_run[0]
+    checkpoint = run_dir / "checkpoints" / "last.ckpt"
+    export_main([str(checkpoint), str(tmp_path / "from_ckpt")])
+    card = (tmp_path / "from_ckpt" / "README.md").read_text()
+    # No .hydra/ in this run: the recipe comes from the checkpoint's hyper-parameters, the steps and the
+    # software from the checkpoint, the data and metrics from the run folder.
+    for row in ("| stage | dSFT (distilled supervised fine-tuning), `SFTModule` |", "| learning rate | 0.003 |",
+                "| optimizer steps run | 3 |", "| starting model | builtin:tiny-mistral |"):
+        assert row in card, row
+    assert f"- torch {torch.__version__}" in card and "## Software\n" in card and "| train | builtin:tiny_chat |" in card
+    final, exported = safetensors_state(run_dir / "hf"), safetensors_state(tmp_path / "from_ckpt")
+    assert final.keys() == exported.keys() and all(torch.equal(final[k], v) for k, v in exported.items())
+
+    # A run folder whose newest checkpoint is newer than its hf/ (resumed, stopped again) exports the checkpoint.
+    stat = checkpoint.stat()
+    os.utime(checkpoint, ns=(stat.st_atime_ns, (run_dir / "hf" / "config.json").stat().st_mtime_ns + 10**9))
+    try:
+        export_main([str(run_dir), str(tmp_path / "from_run")])
+    finally:
+        os.utime(checkpoint, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert "| optimizer steps run | 3 |" in (tmp_path / "from_run" / "README.md").read_text()
+    assert str(tmp_path / "from_run") in capsys.readouterr().out
+
+
+def safetensors_state(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(folder / "model.safetensors")
+
+
 def test_callback_logs_the_retry_command_when_its_push_fails(sft_run, monkeypatch, caplog):
     export = sft_run[0] / "hf"
     with FakeHub(fail={"create": 500}) as hub:
