@@ -1,44 +1,66 @@
-"""Write a Hugging Face model folder (config, safetensors weights, tokenizer with chat template).
+"""Write a Hugging Face model folder (config, safetensors weights, tokenizer with chat template, model card).
 
 Exports are written to a temporary folder beside the target and renamed into place when complete,
-so a crash never leaves a half-written folder that looks whole.
+so a crash never leaves a half-written folder that looks whole; the model card (`zephyr_lightning.modelcard`)
+is written into that folder before the rename.
 
-Command line: ``python -m zephyr_lightning.export CHECKPOINT.ckpt OUT_DIR`` turns a Lightning
-checkpoint of an SFT or DPO run into such a folder.
+Command line::
+
+    python -m zephyr_lightning.export RUN_DIR                      # re-export RUN_DIR/hf with a fresh card
+    python -m zephyr_lightning.export RUN_DIR --push-to-hub me/zephyr-dpo [--private] [--revision BRANCH]
+    python -m zephyr_lightning.export CHECKPOINT.ckpt OUT_DIR      # a Lightning checkpoint -> OUT_DIR
+    python -m zephyr_lightning.export EXPORT_DIR --push-to-hub me/zephyr-dpo   # push an export as it is
+
+A run folder's model is the newer of its ``hf/`` export and its newest checkpoint (a run that resumed and
+was stopped again has newer weights in its checkpoint). The card is written from the run's records
+(``.hydra/``, ``data_summary.json``, ``result.json``, ``eval/summary.json`` or ``--eval-summary PATH``,
+the checkpoint's hyper-parameters and software versions). ``--push-to-hub`` needs ``HF_TOKEN`` in the
+environment (`zephyr_lightning.hub`); it uploads the folder once it is complete, and a failed push keeps
+the export and prints the command that retries it.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import shutil
+import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
+from zephyr_lightning.modelcard import CARD_FILE, collect_records, render_card
 from zephyr_lightning.models import as_spec, build_tiny_mistral, load_tokenizer
 
 log = logging.getLogger(__name__)
 
+EXPORT_DIR = "hf"
+_EXPORT_MARKERS = ("config.json", "adapter_config.json")
+_RUN_MARKERS = (".hydra", "checkpoints", "result.json", "data_summary.json", EXPORT_DIR)
 
-def export_hf(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase | None,
-    out_dir: str | Path,
-    *,
-    state_dict: dict[str, torch.Tensor] | None = None,
-) -> Path:
-    """Save ``model`` (optionally with a gathered ``state_dict``) and ``tokenizer`` to ``out_dir``."""
+
+def _default_mode(kind: int) -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return kind & ~umask
+
+
+@contextlib.contextmanager
+def staged_folder(out_dir: str | Path) -> Iterator[Path]:
+    """A new, empty folder beside ``out_dir`` that replaces ``out_dir`` when the ``with`` block completes;
+    on an exception it is removed and ``out_dir`` keeps what it held."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
     try:
-        model.save_pretrained(staging, state_dict=state_dict, safe_serialization=True)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(staging)
+        yield staging
+        os.chmod(staging, _default_mode(0o777))  # mkdtemp makes it private; an export is an ordinary folder
         if out_dir.exists():
             previous = out_dir.with_name(f".{out_dir.name}.previous")
             shutil.rmtree(previous, ignore_errors=True)
@@ -49,8 +71,46 @@ def export_hf(
             staging.rename(out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def export_hf(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase | None,
+    out_dir: str | Path,
+    *,
+    state_dict: dict[str, torch.Tensor] | None = None,
+    card: str | None = None,
+) -> Path:
+    """Save ``model`` (optionally with a gathered ``state_dict``), ``tokenizer`` and the model ``card``
+    (``README.md`` text, `zephyr_lightning.modelcard.render_card`) to ``out_dir``."""
+    out_dir = Path(out_dir)
+    with staged_folder(out_dir) as staging:
+        model.save_pretrained(staging, state_dict=state_dict, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(staging)
+        if card is not None:
+            (staging / CARD_FILE).write_text(card, encoding="utf-8")
     log.info("exported Hugging Face model to %s", out_dir)
     return out_dir
+
+
+def recard_export(source: str | Path, out_dir: str | Path, card: str) -> Path:
+    """A copy of the export folder ``source`` with ``card`` as its README.md, at ``out_dir`` (which may be
+    ``source`` itself). Files are hard-linked where the file system allows (no copy of the weights)."""
+    source = Path(source)
+    with staged_folder(out_dir) as staging:
+        for path in sorted(source.rglob("*")):
+            target = staging / path.relative_to(source)
+            if path.is_dir():
+                target.mkdir(exist_ok=True)
+            elif path.relative_to(source) != Path(CARD_FILE):  # the card is written anew, never through a link
+                try:
+                    os.link(path, target)
+                except OSError:
+                    shutil.copy2(path, target)
+        (staging / CARD_FILE).write_text(card, encoding="utf-8")
+    log.info("wrote %s with a new model card", out_dir)
+    return Path(out_dir)
 
 
 def _empty_model(spec_data: Any) -> PreTrainedModel:
@@ -61,32 +121,166 @@ def _empty_model(spec_data: Any) -> PreTrainedModel:
     return AutoModelForCausalLM.from_config(config, trust_remote_code=spec.trust_remote_code)
 
 
-def export_checkpoint(checkpoint_path: str | Path, out_dir: str | Path) -> Path:
-    """Lightning checkpoint of a `CausalLMModule` -> Hugging Face folder."""
-    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-    hparams = checkpoint.get("hyper_parameters", {})
+def _model_spec(checkpoint_path: str | Path, hparams: dict[str, Any]) -> dict[str, Any]:
     spec = hparams.get("model", hparams.get("policy"))  # SFT names it model, DPO policy
     if not isinstance(spec, dict):
         raise ValueError(
             f"{checkpoint_path}: the checkpoint does not record a model spec (the module was given a ready "
             "model); export from Python with zephyr_lightning.export.export_hf instead"
         )
+    return spec
+
+
+def export_checkpoint(checkpoint_path: str | Path, out_dir: str | Path, *, card: str | None = None) -> Path:
+    """Lightning checkpoint of a `CausalLMModule` -> Hugging Face folder (with ``card`` as its README.md)."""
+    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+    spec = _model_spec(checkpoint_path, checkpoint.get("hyper_parameters", {}))
     model = _empty_model(spec)
     prefix = "model."
     state = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise KeyError(f"{checkpoint_path}: weights do not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
-    return export_hf(model, load_tokenizer(spec), out_dir)
+    return export_hf(model, load_tokenizer(spec), out_dir, card=card)
+
+
+def checkpoint_records(checkpoint_path: str | Path) -> tuple[dict[str, Any], dict[str, float], dict[str, str] | None]:
+    """What a checkpoint tells a model card: a config of the module's hyper-parameters (used when the run
+    folder has no ``.hydra/config.yaml``), the progress (optimizer steps) and the
+    software versions the training process recorded (None when it recorded none). Memory-mapped: the
+    weights are not read."""
+    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True, mmap=True)
+    hparams = dict(checkpoint.get("hyper_parameters", {}))
+    config: dict[str, Any] = {}
+    if hparams:
+        is_dpo = "policy" in hparams
+        config["module"] = {"_target_": "zephyr_lightning.DPOModule" if is_dpo else "zephyr_lightning.SFTModule",
+                            **{k: v for k, v in hparams.items() if k not in ("model", "policy", "optim")}}
+        spec = hparams.get("policy" if is_dpo else "model")
+        config["model"] = spec if isinstance(spec, dict) else {"name_or_path": spec} if spec else {}
+        config["optim"] = hparams.get("optim") or {}
+    # Lightning's `epoch` counts an epoch cut short by max_steps as done: only the step count is exact.
+    progress = {"global_step": int(checkpoint.get("global_step", 0))}
+    software = next((state["software"] for state in checkpoint.get("callbacks", {}).values()
+                     if isinstance(state, dict) and isinstance(state.get("software"), dict)), None)
+    return config, progress, software
+
+
+def newest_checkpoint(run_dir: str | Path) -> Path | None:
+    from zephyr_lightning.resume import find_latest_checkpoint
+
+    return find_latest_checkpoint(Path(run_dir) / "checkpoints")
+
+
+def is_export_folder(path: str | Path) -> bool:
+    return Path(path).is_dir() and any((Path(path) / marker).is_file() for marker in _EXPORT_MARKERS)
+
+
+def is_run_folder(path: str | Path) -> bool:
+    return Path(path).is_dir() and any((Path(path) / marker).exists() for marker in _RUN_MARKERS)
+
+
+def run_source(run_dir: str | Path) -> Path:
+    """The newer of the run's complete ``hf/`` export and its newest checkpoint."""
+    run_dir = Path(run_dir)
+    export = run_dir / EXPORT_DIR
+    checkpoint = newest_checkpoint(run_dir)
+    candidates = [p for p in (export if is_export_folder(export) else None, checkpoint) if p is not None]
+    if not candidates:
+        raise FileNotFoundError(f"{run_dir}: neither an export ({EXPORT_DIR}/) nor a checkpoint (checkpoints/*.ckpt)")
+    return max(candidates, key=lambda p: p.stat().st_mtime_ns if p.is_file() else (p / "config.json").stat().st_mtime_ns)
+
+
+def _checkpoint_run_dir(checkpoint: Path) -> Path | None:
+    folder = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+    return folder if is_run_folder(folder) else None
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m zephyr_lightning.export",
+        description="Export a run as a Hugging Face folder with a model card, and optionally push it to the Hub.",
+    )
+    parser.add_argument("source", help="a run folder, a Lightning .ckpt of an SFT or DPO run, or an export folder "
+                        "(pushed as it is unless OUT_DIR is given)")
+    parser.add_argument("out_dir", nargs="?", help="folder to write (replaced if it exists); default RUN_DIR/hf "
+                        "for a run folder; required for a checkpoint")
+    parser.add_argument("--run-dir", help="the run folder whose records the card tells (default: the run folder "
+                        "given, or the one holding the checkpoint or the export)")
+    parser.add_argument("--eval-summary", metavar="PATH", help="an evaluation summary.json for the card "
+                        "(default: RUN_DIR/eval/summary.json when present)")
+    parser.add_argument("--license", help="the model's license id for the card's metadata (e.g. apache-2.0)")
+    parser.add_argument("--push-to-hub", metavar="REPO", help="push the export to this Hub repository "
+                        "(namespace/name); needs HF_TOKEN in the environment")
+    parser.add_argument("--private", action="store_true", help="create the repository private (a new one only)")
+    parser.add_argument("--revision", help="the branch to push to (created if missing; default main)")
+    return parser
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("checkpoint", help="a Lightning .ckpt written by an SFT or DPO run")
-    parser.add_argument("out_dir", help="folder to write (replaced if it exists)")
+    from zephyr_lightning.arguments import argument_errors
+    from zephyr_lightning.hub import push_folder, push_refusal
+
+    parser = _parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO)
-    print(export_checkpoint(args.checkpoint, args.out_dir))
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.push_to_hub:  # before anything is loaded: a push that cannot start is refused now
+        errors = argument_errors(push_folder, {"folder": ".", "repo_id": args.push_to_hub})
+        if errors:
+            parser.error(f"--push-to-hub {args.push_to_hub}: not a Hub repository id (namespace/name)")
+        refusal = push_refusal()
+        if refusal:
+            parser.error(f"--push-to-hub: {refusal}")
+
+    source = Path(args.source)
+    out_dir = Path(args.out_dir) if args.out_dir else None
+    if not source.exists():
+        parser.error(f"{source}: no such file or folder")
+    if source.is_file():
+        if out_dir is None:
+            parser.error(f"{source}: a checkpoint needs OUT_DIR, the folder to write")
+        run_dir, model_source = _checkpoint_run_dir(source), source
+    elif is_export_folder(source):
+        if out_dir is None:
+            if not args.push_to_hub:
+                parser.error(f"{source} is an export already: give --push-to-hub REPO to push it, or its run "
+                             "folder to export it again with a new card")
+            if args.eval_summary or args.license:
+                parser.error(f"{source} is pushed as it is: give its run folder to write a new card")
+            _push(source, args)
+            return
+        run_dir, model_source = source.parent if is_run_folder(source.parent) else None, source
+    else:
+        run_dir, model_source = source, run_source(source)
+        out_dir = out_dir or source / EXPORT_DIR
+    run_dir = Path(args.run_dir) if args.run_dir else run_dir
+
+    checkpoint = model_source if model_source.is_file() else (newest_checkpoint(run_dir) if run_dir else None)
+    config, progress, software = checkpoint_records(checkpoint) if checkpoint else ({}, {}, None)
+    try:
+        records = collect_records(run_dir, config=config, eval_summary=args.eval_summary, software=software,
+                                  progress=progress if model_source == checkpoint else None)
+    except ValueError as error:
+        parser.error(str(error))
+    card = render_card(records, model_id=args.push_to_hub, license=args.license)
+    log.info("exporting %s to %s", model_source, out_dir)
+    if model_source.is_file():
+        export_checkpoint(model_source, out_dir, card=card)
+    else:
+        recard_export(model_source, out_dir, card)
+    print(out_dir)
+    if args.push_to_hub:
+        _push(out_dir, args)
+
+
+def _push(folder: Path, args: argparse.Namespace) -> None:
+    from zephyr_lightning.hub import HubPushError, push_folder
+
+    try:
+        print(push_folder(folder, args.push_to_hub, private=args.private or None, revision=args.revision))
+    except HubPushError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

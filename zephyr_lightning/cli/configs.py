@@ -33,6 +33,7 @@ SIGNATURES: dict[str, Callable[[], type]] = {
     "zephyr_lightning.callbacks.UpdateGuard": lambda: _callback("UpdateGuard"),
     "zephyr_lightning.callbacks.NonFiniteGuard": lambda: _callback("NonFiniteGuard"),
     "zephyr_lightning.callbacks.SampleGeneration": lambda: _callback("SampleGeneration"),
+    "zephyr_lightning.callbacks.HFExport": lambda: _callback("HFExport"),
 }
 
 
