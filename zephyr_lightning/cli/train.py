@@ -103,9 +103,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, **safe)
         metrics = _scalars(trainer.callback_metrics)
         if validations.stale(trainer, datamodule):
-            # Training ended after the last validation (max_steps, or no validation in the last epoch):
-            # the final model's validation metrics are what a user (and a sweep) reads.
-            log.info("final validation at step %d", trainer.global_step)
+            # Training ended after the last validation and Lightning could not validate inside fit (validation
+            # only every N epochs): the final model's validation metrics are what a user (and a sweep) reads.
+            log.info("final validation at step %d (after the export: its model card has the earlier metrics)",
+                     trainer.global_step)
             trainer.validate(module, datamodule=datamodule, verbose=False)
             metrics.update(_scalars(trainer.callback_metrics))
         if trainer.is_global_zero:
@@ -124,8 +125,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 
 class _ValidationSteps(L.Callback):
-    """Remembers the optimizer step of the last finished validation, so `train` knows whether the final
-    weights were validated."""
+    """Validates the final weights inside fit, so that every callback of the fit's end (the HF export and its
+    model card) sees the final validation metrics: on the optimizer step that reaches ``max_steps`` with no
+    validation there, it asks Lightning to stop, and Lightning validates before stopping (it does for any
+    stop request). Also remembers the step of the last finished validation, so `train` can validate after
+    fit in the cases Lightning's loop cannot (validation only every N epochs)."""
 
     def __init__(self) -> None:
         self.last_step = -1
@@ -135,6 +139,12 @@ class _ValidationSteps(L.Callback):
 
     def load_state_dict(self, state_dict: dict[str, int]) -> None:
         self.last_step = int(state_dict.get("last_step", -1))
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if 0 <= trainer.max_steps <= trainer.global_step and self.last_step < trainer.global_step and not trainer.should_stop:
+            log.info("step %d reaches max_steps: validating the final weights", trainer.global_step)
+            trainer.should_stop = True
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.sanity_checking:
