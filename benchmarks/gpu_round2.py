@@ -283,7 +283,7 @@ def entries() -> list[Entry]:
     """Every measurement, in the order tier 1 runs; tier 2 follows if the budget allows."""
     live_vs = "dpo_1b_trl_default"
     return [
-        # tier 1: checks, then (b)+(c), (a), (d)
+        # tier 1: checks; (b) + (c) and (a), main rows; (d); then the other tier-1 variants
         Entry("check_varlen", "varlen attention on a packed row vs sdpa per sequence (bf16 weights; fp32 + autocast)",
               check("varlen_vs_sdpa"), 90, group="1b"),
         Entry("check_packed_dpo", "packed vs padded DPO losses (fp32 policy, bf16 reference, autocast)",
@@ -294,22 +294,23 @@ def entries() -> list[Entry]:
               dpo_ours("1b", profile_steps=2), 300, group="1b", baseline=live_vs, requires=VARLEN_AUTOCAST),
         Entry("dpo_1b_trl_default", "1.1B dDPO, TRL default: fp32 policy + fp32 reference, bf16=True, grad ckpt",
               dpo_trl("1b"), 180, group="1b"),
-        Entry("dpo_1b_ours_live_ckpt", "1.1B dDPO, ours, live reference, compile + activation checkpointing",
-              dpo_ours("1b", checkpointing=True), 200, group="1b", baseline=live_vs, requires=VARLEN_AUTOCAST),
-        Entry("dpo_1b_ours_precomputed", "1.1B dDPO, ours, precomputed reference log-probs, compile",
-              dpo_ours("1b", precompute=True), 200, group="1b", baseline="dpo_1b_trl_precomputed", requires=VARLEN_AUTOCAST),
         Entry("sft_1b_ours", "1.1B dSFT, ours: packed, varlen, chunked log-probs, compile",
               sft_ours("1b"), 240, group="1b", baseline="sft_1b_trl", requires=VARLEN_AUTOCAST),
         Entry("sft_1b_trl", "1.1B dSFT, TRL SFTTrainer packing + padding_free, no grad ckpt (fastest)",
               sft_trl("1b", checkpointing=False), 180, group="1b", requires=VARLEN_AUTOCAST),
-        Entry("sft_1b_trl_default", "1.1B dSFT, TRL SFTTrainer packing + padding_free, grad ckpt (its default)",
-              sft_trl("1b", checkpointing=True), 180, group="1b", requires=VARLEN_AUTOCAST),
         Entry("sft_crosscheck", "dSFT loss and gradients, ours vs TRL, same packed rows and weights (bf16 autocast)",
               sft_crosscheck, 150, group="1b", requires=VARLEN_AUTOCAST),
         Entry("dpo_7b_ours_ckpt", "7B-shaped dDPO, ours, live bf16 reference, grad ckpt, compile",
               dpo_ours("7b", checkpointing=True), 420, isolate=True, baseline="dpo_7b_trl_ckpt", requires=VARLEN_AUTOCAST),
         Entry("dpo_7b_trl_ckpt", "7B-shaped dDPO, TRL: fp32 policy + bf16 reference, bf16=True, grad ckpt",
               dpo_trl("7b", reference_dtype="bfloat16"), 360, isolate=True),
+        # tier 1, after the 7B runs: the memory-matched and precomputed variants
+        Entry("dpo_1b_ours_live_ckpt", "1.1B dDPO, ours, live reference, compile + activation checkpointing",
+              dpo_ours("1b", checkpointing=True), 200, group="1b_more", baseline=live_vs, requires=VARLEN_AUTOCAST),
+        Entry("dpo_1b_ours_precomputed", "1.1B dDPO, ours, precomputed reference log-probs, compile",
+              dpo_ours("1b", precompute=True), 200, group="1b_more", baseline="dpo_1b_trl_precomputed", requires=VARLEN_AUTOCAST),
+        Entry("sft_1b_trl_default", "1.1B dSFT, TRL SFTTrainer packing + padding_free, grad ckpt (its default)",
+              sft_trl("1b", checkpointing=True), 180, group="1b_more", requires=VARLEN_AUTOCAST),
         # tier 2: the old set-up for the earlier figures, more baselines, FSDP, more 7B variants
         Entry("check_survival_1b_old", "1.1B: update survival in the old pure-bf16 set-up (expected to lose most)",
               survival("1b", old_bf16=True), 120, group="1b_extra", tier=2),

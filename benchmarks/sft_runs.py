@@ -191,7 +191,10 @@ def loss_crosscheck(dm, rows, make_model: Callable[[], Any], tokenizer, device: 
     """
     from zephyr_lightning import SFTModule
 
-    bins = [dm.datasets["train"][i] for i in range(batch_rows)]
+    packed = dm.datasets["train"]
+    # The rows holding the most dialogues: the cross-check is about sequence boundaries inside a row.
+    fullest = sorted(range(len(packed)), key=lambda i: -len(packed.bins[i]))[:batch_rows]
+    bins = [packed[i] for i in fullest]
     ours_batch = dm.collator(bins)
     examples = []
     for dialogues in bins:
