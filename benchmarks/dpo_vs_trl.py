@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Workload, make_pairs, print_table, run_ours, run_trl  # noqa: E402
+from common import print_table  # noqa: E402
+from dpo_runs import PairWorkload, make_pairs, run_ours_dpo, run_trl_dpo  # noqa: E402
 
 from zephyr_lightning.models import build_tiny_mistral, load_tokenizer  # noqa: E402
 
@@ -35,7 +36,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    w = Workload(pairs=args.pairs, batch_size=args.batch_size, steps=args.steps, warmup=args.warmup,
+    w = PairWorkload(pairs=args.pairs, batch_size=args.batch_size, steps=args.steps, warmup=args.warmup,
                  prompt_range=(16, 96), completion_range=(8, 160), max_length=256)
     pairs = make_pairs(w)
     base = build_tiny_mistral(seed=0).state_dict()
@@ -48,12 +49,14 @@ def main() -> None:
     cpu = torch.device("cpu")
     tokenizer = load_tokenizer("builtin:tiny-mistral")
     results = [
-        run_trl("trl live", w, pairs, make_model, tokenizer, cpu, precompute=False, gradient_checkpointing=False, bf16=False),
-        run_ours("ours live (padded)", w, pairs, make_model, cpu, packing=False, precompute=False),
-        run_ours("ours live (packed)", w, pairs, make_model, cpu, packing=True, precompute=False),
-        run_trl("trl precomputed", w, pairs, make_model, tokenizer, cpu, precompute=True, gradient_checkpointing=False, bf16=False),
-        run_ours("ours precomputed (padded)", w, pairs, make_model, cpu, packing=False, precompute=True),
-        run_ours("ours precomputed (packed)", w, pairs, make_model, cpu, packing=True, precompute=True),
+        run_trl_dpo("trl live", w, pairs, make_model, make_model, tokenizer, cpu, precompute=False,
+                    gradient_checkpointing=False, bf16=False),
+        run_ours_dpo("ours live (padded)", w, pairs, make_model, make_model, cpu, packing=False, precompute=False),
+        run_ours_dpo("ours live (packed)", w, pairs, make_model, make_model, cpu, packing=True, precompute=False),
+        run_trl_dpo("trl precomputed", w, pairs, make_model, None, tokenizer, cpu, precompute=True,
+                    gradient_checkpointing=False, bf16=False),
+        run_ours_dpo("ours precomputed (padded)", w, pairs, make_model, make_model, cpu, packing=False, precompute=True),
+        run_ours_dpo("ours precomputed (packed)", w, pairs, make_model, make_model, cpu, packing=True, precompute=True),
     ]
     print(f"\nCPU, {torch.get_num_threads()} threads; {w.pairs} pairs, batch {w.batch_size}, {w.steps} steps "
           f"({w.warmup} untimed); tiny Mistral, float32")
@@ -62,7 +65,7 @@ def main() -> None:
         "ours precomputed (padded)": "trl precomputed", "ours precomputed (packed)": "trl precomputed",
     })
     if args.json:
-        args.json.write_text(json.dumps([r.__dict__ for r in results], indent=2))
+        args.json.write_text(json.dumps([r.to_dict() for r in results], indent=2))
 
 
 if __name__ == "__main__":
