@@ -61,7 +61,7 @@ def packed_vs_padded_dpo(device: torch.device) -> dict[str, Any]:
         for packing in (False, True):
             batch = PreferenceCollator(0, packing=packing)(pairs)
             batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-            losses[packing] = module.compute(batch)["loss"].float()
+            losses[packing] = module.preference_step(batch)["loss"].float()
     diff = (losses[True] - losses[False]).abs().max().item()
     return {"max_abs_loss_diff": diff, "set_up": "fp32 policy, bf16 reference, bf16 autocast", "ok": diff < 2e-2}
 

@@ -159,3 +159,23 @@ def test_compiled_decoder_layers_keep_names_and_numbers():
     with torch.no_grad():
         torch.testing.assert_close(compiled(ids, position_ids=position_ids).logits,
                                    plain(ids, position_ids=position_ids).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_varlen_attention_under_autocast_over_fp32_weights_computes_in_one_dtype():
+    """bf16-mixed over fp32 weights: rotary hands fp32 queries/keys beside bf16 values; the varlen path (whose
+    CUDA kernels take one 16-bit dtype) computes in the autocast dtype, and matches per-sequence sdpa."""
+    from zephyr_lightning.attention import _kernel_inputs, varlen_attention_forward
+
+    g = torch.Generator().manual_seed(0)
+    q, k = (torch.randn(1, 4, 10, 16, generator=g) for _ in range(2))
+    v = torch.randn(1, 4, 10, 16, generator=g).to(torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert {t.dtype for t in _kernel_inputs(q, k, v)} == {torch.bfloat16}
+        positions = torch.tensor([[0, 1, 2, 3, 0, 1, 2, 3, 4, 5]])
+        out, _ = varlen_attention_forward(torch.nn.Module(), q, k, v, None, position_ids=positions)
+    assert out.dtype == torch.bfloat16
+    for start, end in ((0, 4), (4, 10)):
+        alone = torch.nn.functional.scaled_dot_product_attention(
+            q[:, :, start:end].bfloat16(), k[:, :, start:end].bfloat16(), v[:, :, start:end], is_causal=True)
+        torch.testing.assert_close(out[:, start:end], alone.transpose(1, 2), rtol=2e-2, atol=2e-2)
+    assert {t.dtype for t in _kernel_inputs(q, k, v)} == {torch.bfloat16}  # no autocast: the 16-bit one

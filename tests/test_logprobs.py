@@ -111,3 +111,41 @@ def test_generic_head_path_matches_fused_path(model, monkeypatch):
     monkeypatch.setattr(lp, "_plain_linear_head", lambda m: None)
     generic, _ = lp.sequence_logprobs(model, ids, loss_mask, attention)
     torch.testing.assert_close(generic, fused, rtol=1e-5, atol=1e-4)
+
+
+class _MatmulDtypes(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records the input dtype of every matrix product dispatched while it is active."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dtypes: list[torch.dtype] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in (torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default):
+            self.dtypes.append(args[-2].dtype if func is torch.ops.aten.addmm.default else args[0].dtype)
+        return func(*args, **(kwargs or {}))
+
+
+def test_backward_under_bf16_autocast_recomputes_logits_as_forward_did():
+    """fp32 master weights under bf16-mixed: the head's backward GEMMs run in bf16 like forward's (autograd
+    runs backward outside autocast), and the gradients match plain autograd through the same autocast."""
+    g = torch.Generator().manual_seed(1)
+    hidden = torch.randn(40, 32, generator=g, requires_grad=True)
+    weight = torch.randn(500, 32, generator=g, requires_grad=True)
+    labels = torch.randint(0, 500, (40,), generator=g)
+    seen = _MatmulDtypes()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours = linear_logprobs(hidden, weight, labels, chunk_elements=500 * 16)
+    with seen:
+        ours.sum().backward()
+    assert seen.dtypes and set(seen.dtypes) == {torch.bfloat16}, seen.dtypes
+    grads = hidden.grad.clone(), weight.grad.clone()
+    hidden.grad = weight.grad = None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = (hidden @ weight.t()).float()
+    reference = torch.log_softmax(logits, -1).gather(-1, labels[:, None]).squeeze(-1)
+    torch.testing.assert_close(ours, reference, rtol=0, atol=1e-4)
+    reference.sum().backward()
+    for mine, theirs in zip(grads, (hidden.grad, weight.grad)):
+        assert mine.dtype == theirs.dtype == torch.float32
+        torch.testing.assert_close(mine, theirs, rtol=2e-2, atol=2e-2)

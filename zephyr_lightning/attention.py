@@ -109,6 +109,10 @@ def varlen_attention_forward(
     if sliding_window is not None and sliding_window < max_length_q:
         raise ValueError(f"sequences of {max_length_q} tokens exceed the model's sliding window ({sliding_window})")
     scale = scaling if scaling is not None else dim**-0.5
+    # Under autocast over fp32 weights (fp32 master weights, bf16 compute) the rotary step hands over fp32
+    # queries and keys beside bf16 values; the FlashAttention kernels take one 16-bit dtype, as transformers'
+    # own flash path ensures (its get_target_dtype): compute in the autocast dtype.
+    query, key, value = _kernel_inputs(query, key, value)
     # [batch, heads, tokens, dim] -> [batch * tokens, heads, dim]
     q = query.transpose(1, 2).reshape(batch * tokens, heads, dim)
     k = key.transpose(1, 2).reshape(batch * tokens, key.shape[1], dim)
@@ -126,6 +130,17 @@ def varlen_attention_forward(
     else:
         out = _cpu_varlen(q, _repeat_heads(k, groups), _repeat_heads(v, groups), cu_seq_lens_q, scale)
     return out.reshape(batch, tokens, heads, dim), None
+
+
+def _kernel_inputs(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``tensors`` in one dtype: autocast's where it is on, else the 16-bit one among them, else as they are."""
+    device = tensors[0].device.type
+    if torch.is_autocast_enabled(device):
+        dtype = torch.get_autocast_dtype(device)
+    else:
+        half = [t.dtype for t in tensors if t.dtype in (torch.bfloat16, torch.float16)]
+        dtype = half[0] if half else tensors[0].dtype
+    return tuple(t.to(dtype) for t in tensors)
 
 
 def _varlen_mask(*args: Any, **kwargs: Any):

@@ -41,10 +41,20 @@ class _LinearLogProbs(torch.autograd.Function):
             out[sl] = logits.gather(-1, labels[sl, None]).squeeze(-1) - lse[sl]
         ctx.save_for_backward(hidden, weight, labels, lse)
         ctx.chunk_rows = chunk_rows
+        # Backward runs outside autocast; recompute the logits as forward formed them (bf16 GEMMs over fp32
+        # master weights under bf16-mixed), not in fp32, which would triple the head's backward time.
+        device = hidden.device.type
+        ctx.autocast = (device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
         return out
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
+        device, enabled, dtype = ctx.autocast
+        with torch.autocast(device, dtype=dtype, enabled=enabled):
+            return _LinearLogProbs._backward(ctx, grad_out)
+
+    @staticmethod
+    def _backward(ctx, grad_out: Tensor):
         hidden, weight, labels, lse = ctx.saved_tensors
         need_hidden, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_hidden = torch.empty_like(hidden) if need_hidden else None
