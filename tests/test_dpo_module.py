@@ -146,3 +146,25 @@ def test_ready_made_model_objects(tmp_path, prefs_dir, tokenizer, tiny_model_dir
 def test_bad_hyperparameters_name_the_key(kwargs, match):
     with pytest.raises(ValueError, match=match):
         DPOModule("builtin:tiny-mistral", **kwargs)
+
+
+def test_reference_free_compares_with_a_uniform_reference(tmp_path, prefs_dir, tokenizer):
+    """reference_free: no reference model at all; rewards are beta times the policy's own log-probs."""
+    datamodule = PreferenceDataModule(str(prefs_dir), tokenizer, batch_size=2, max_length=128, max_prompt_length=64)
+    datamodule.setup("validate")
+    module = DPOModule("builtin:tiny-mistral", beta=0.2, reference_free=True)
+    module.configure_model()
+    assert module.reference is None and module.reference_spec is None
+    batch = next(iter(datamodule.val_dataloader()))
+    with torch.no_grad():
+        values = module.preference_step(batch)
+    torch.testing.assert_close(values["rewards/chosen"], 0.2 * values["logps/chosen"])
+    torch.testing.assert_close(values["rewards/rejected"], 0.2 * values["logps/rejected"])
+
+
+def test_reference_dtype_rebuilds_the_reference_in_that_dtype():
+    module = DPOModule(ModelSpec("builtin:tiny-mistral", dtype="float32"), reference_dtype="bfloat16")
+    module.configure_model()
+    assert next(module.model.parameters()).dtype == torch.float32
+    assert next(module.reference.parameters()).dtype == torch.bfloat16
+    assert module.hparams["reference_dtype"] == "bfloat16"
