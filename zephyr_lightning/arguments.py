@@ -44,6 +44,7 @@ __all__ = [
     "declared_arguments",
     "declared_defaults",
     "resolve_target",
+    "value_problem",
     "NonNegative",
     "Positive",
     "PositiveInt",
@@ -268,8 +269,31 @@ def argument_errors(
         if not found:
             continue
         for name, problem in [found] if isinstance(found, tuple) else found:
-            errors.append(f"{_key(prefix, name)}={filled.get(name)!r}: {problem}")
+            errors.append(f"{_key(prefix, name)}={_value_at(filled, name)!r}: {problem}")
     return errors
+
+
+def _value_at(values: Mapping[str, Any], name: str) -> Any:
+    """``values[name]``; a dotted name (``peft.r``, from a rule about a nested setting) walks mappings and
+    attributes."""
+    node: Any = values
+    for part in name.split("."):
+        node = node.get(part) if isinstance(node, Mapping) else getattr(node, part, None)
+    return node
+
+
+def value_problem(annotation: Any, value: Any) -> str | None:
+    """What is wrong with ``value`` for a declared type (``PositiveInt``, a ``Literal``...), in the words of
+    every other message (``must be >= 1``), or None. For rules about values that no signature of ours
+    declares (a nested setting of another library's object)."""
+    adapter = _adapter(annotation)
+    if adapter is None:
+        return None
+    try:
+        adapter.validate_python(value)
+    except ValidationError as err:
+        return _describe(err.errors()[0])
+    return None
 
 
 def _name(target: Callable) -> str:
