@@ -9,7 +9,7 @@ import lightning as L
 from transformers import PreTrainedTokenizerBase
 
 from zephyr_lightning.callbacks._tokenizer import find_tokenizer
-from zephyr_lightning.export import export_hf
+from zephyr_lightning.export import adapter_dir_for, export_adapter_run, export_hf
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +34,17 @@ class HFExport(L.Callback):
     stage starts from (``model.name_or_path=DIR/hf``). The weights are the module's ``model`` at the
     end of training, gathered from all ranks first under sharded strategies. The tokenizer is the
     one given here, or the DataModule's ``tokenizer``.
+
+    A module that trained adapters also writes the adapter folder (``adapter_dirpath``, by default
+    ``DIR/hf-adapter``), and ``dirpath`` holds the full model with the adapter merged in
+    (`zephyr_lightning.export.export_adapter_run`).
     """
 
-    def __init__(self, dirpath: str | Path, tokenizer: PreTrainedTokenizerBase | None = None) -> None:
+    def __init__(self, dirpath: str | Path, tokenizer: PreTrainedTokenizerBase | None = None,
+                 adapter_dirpath: str | Path | None = None) -> None:
         self.dirpath = Path(dirpath)
         self.tokenizer = tokenizer
+        self.adapter_dirpath = adapter_dir_for(dirpath) if adapter_dirpath is None else Path(adapter_dirpath)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # A collective under FSDP/DeepSpeed: every rank takes part, rank 0 receives the full weights.
@@ -46,6 +52,14 @@ class HFExport(L.Callback):
         if not trainer.is_global_zero:
             return
         prefix = "model."
+        tokenizer = find_tokenizer(trainer, self.tokenizer)
+        adapter_keys = getattr(pl_module, "adapter_keys", None)
+        if adapter_keys is not None:
+            state = {k[len(prefix) :]: v for k, v in full_state.items() if k in adapter_keys}
+            source = pl_module.model_spec if pl_module.model_spec is not None else pl_module.model
+            export_adapter_run(source, state, tokenizer, self.dirpath, self.adapter_dirpath)
+            log.info("Hugging Face export: %s (merged), %s (adapter)", self.dirpath, self.adapter_dirpath)
+            return
         state = {k[len(prefix) :]: v for k, v in full_state.items() if k.startswith(prefix)}
-        export_hf(pl_module.model, find_tokenizer(trainer, self.tokenizer), self.dirpath, state_dict=state)
+        export_hf(pl_module.model, tokenizer, self.dirpath, state_dict=state)
         log.info("Hugging Face export: %s", self.dirpath)
