@@ -250,3 +250,28 @@ def test_lora_settings_are_checked_with_their_keys(tmp_path):
     assert any(e.startswith("model.peft.lora_dropout=1.5: must be < 1") for e in errors), errors
     assert any(e.startswith("model.peft.bias='some': must be one of") for e in errors), errors
     assert any(e.startswith("model.peft.rank=8: not an argument of LoraConfig") for e in errors), errors
+
+
+def _errors(cfg) -> list[str]:
+    return validate_config(OmegaConf.to_container(cfg, resolve=True), OmegaConf.to_container(cfg, resolve=False))
+
+
+@pytest.mark.parametrize("recipe", ["zephyr_7b_sft_qlora", "zephyr_7b_dpo_qlora"])
+def test_qlora_recipes_are_valid_but_for_the_missing_gpu(recipe, tmp_path):
+    cfg = compose([f"+experiment={recipe}"], tmp_path)
+    assert cfg.model.quantization == "4bit" and cfg.model.peft._target_ == "peft.LoraConfig"
+    assert (cfg.model.dtype, cfg.trainer.precision, cfg.trainer.devices) == ("bfloat16", "bf16-mixed", 1)
+    assert cfg.model.peft.r == (16 if "sft" in recipe else 128) == cfg.model.peft.lora_alpha
+    assert [e.split(":")[0] for e in _errors(cfg)] == ["model.quantization='4bit'"]  # only: no CUDA here
+    ddp = compose([f"+experiment={recipe}", "strategy=ddp", "trainer.devices=8"], tmp_path)
+    assert [e.split(":")[0] for e in _errors(ddp)] == ["model.quantization='4bit'"]
+
+
+def test_lora_under_fsdp_needs_one_dtype_per_unit(tmp_path):
+    lora_fsdp = ["+experiment=zephyr_7b_dpo_qlora", "model.quantization=null", "strategy=fsdp", "trainer.devices=8",
+                 "model.name_or_path=HuggingFaceH4/mistral-7b-sft-beta"]
+    assert _errors(compose([*lora_fsdp, "model.dtype=float32"], tmp_path)) == []
+    errors = _errors(compose(lora_fsdp, tmp_path))  # the recipe's bf16 base beside float32 adapters
+    assert len(errors) == 1 and errors[0].startswith("model.dtype='bfloat16': under FSDP"), errors
+    qlora_fsdp = _errors(compose(["+experiment=zephyr_7b_dpo_qlora", "strategy=fsdp", "trainer.devices=8"], tmp_path))
+    assert any("QLoRA runs on one GPU or under strategy=ddp" in e for e in qlora_fsdp), qlora_fsdp

@@ -233,7 +233,10 @@ def argument_errors(
     (their own target checks them); Hydra's ``_``-keys are ignored."""
     target = resolve_target(target)
     declared = _declaration(target)
-    accepts_anything = inspect.isfunction(target) and any(
+    # A function's **kwargs, or a foreign class's (Lightning's DDPStrategy hands them to DistributedDataParallel),
+    # may take any name; only our own classes are known to forward theirs to their base class.
+    foreign = inspect.isclass(target) and not target.__module__.startswith("zephyr_lightning")
+    accepts_anything = (inspect.isfunction(target) or foreign) and any(
         p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(target).parameters.values()
     )
     skipped = set(skip)

@@ -233,7 +233,8 @@ def _model_nodes(cfg: Mapping[str, Any], unresolved: Any) -> list[tuple[str, Map
 
 def _check_quantization(checks: _Checks, unresolved: Any) -> None:
     """Quantized weights load on a CUDA GPU only (before anything loads, naming the key); the trained model
-    needs adapters on them; FSDP and DeepSpeed do not shard bitsandbytes weights here."""
+    needs adapters on them; FSDP and DeepSpeed do not shard bitsandbytes weights here; FSDP flattens a
+    layer's base weights and adapters together, so they need one dtype."""
     on_cuda = _runs_on_cuda(checks.cfg)
     for key, node in _model_nodes(checks.cfg, unresolved):
         quantization = node.get("quantization")
@@ -253,6 +254,11 @@ def _check_quantization(checks: _Checks, unresolved: Any) -> None:
         checks.fail(f"{where}.quantization", model.get("quantization"),
                     "QLoRA runs on one GPU or under strategy=ddp here (FSDP and DeepSpeed do not shard bitsandbytes "
                     "weights in this set-up); LoRA without quantization works with both")
+    elif model.get("peft") and "fsdp" in strategy and model.get("dtype") not in ("float32", "fp32"):
+        checks.fail(f"{where}.dtype", model.get("dtype"),
+                    "under FSDP a decoder layer's frozen weights and its float32 LoRA adapters are flattened into "
+                    "one unit, which needs one dtype: load the base in float32 (bf16 compute comes from "
+                    "trainer.precision=bf16-mixed)")
 
 
 def _check_resume(checks: _Checks) -> None:
