@@ -216,7 +216,7 @@ def _check_precision(checks: _Checks) -> None:
                     "sharded in the same units as the policy, which need one dtype: leave it null")
 
 
-def _runs_on_cuda(cfg: Mapping[str, Any]) -> bool:
+def runs_on_cuda(cfg: Mapping[str, Any]) -> bool:
     """Whether the Trainer will run on a CUDA GPU (``auto`` picks one when there is one)."""
     import torch
 
@@ -235,7 +235,7 @@ def _check_quantization(checks: _Checks, unresolved: Any) -> None:
     """Quantized weights load on a CUDA GPU only (before anything loads, naming the key); the trained model
     needs adapters on them; FSDP and DeepSpeed do not shard bitsandbytes weights here; FSDP flattens a
     layer's base weights and adapters together, so they need one dtype."""
-    on_cuda = _runs_on_cuda(checks.cfg)
+    on_cuda = runs_on_cuda(checks.cfg)
     for key, node in _model_nodes(checks.cfg, unresolved):
         quantization = node.get("quantization")
         problem = quantization_problem(quantization, on_cuda)
