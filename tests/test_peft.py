@@ -275,3 +275,58 @@ def test_lora_under_fsdp_needs_one_dtype_per_unit(tmp_path):
     assert len(errors) == 1 and errors[0].startswith("model.dtype='bfloat16': under FSDP"), errors
     qlora_fsdp = _errors(compose(["+experiment=zephyr_7b_dpo_qlora", "strategy=fsdp", "trainer.devices=8"], tmp_path))
     assert any("QLoRA runs on one GPU or under strategy=ddp" in e for e in qlora_fsdp), qlora_fsdp
+
+
+def test_builtin_models_load_from_their_cached_folder(tmp_path, monkeypatch):
+    from zephyr_lightning.models import bitsandbytes_config, builtin_folder
+
+    monkeypatch.setenv("ZEPHYR_LIGHTNING_CACHE", str(tmp_path))
+    folder = builtin_folder(ModelSpec(seed=3, config_overrides={"num_hidden_layers": 1}))
+    assert builtin_folder(ModelSpec(seed=3, config_overrides={"num_hidden_layers": 1})) == folder  # saved once
+    torch.testing.assert_close(_logits(AutoModelForCausalLM.from_pretrained(folder)),
+                               _logits(build_tiny_mistral(3, num_hidden_layers=1)), rtol=0, atol=0)
+    nf4 = bitsandbytes_config("4bit", torch.bfloat16)
+    assert (nf4.load_in_4bit, nf4.bnb_4bit_quant_type, nf4.bnb_4bit_use_double_quant, nf4.bnb_4bit_compute_dtype) \
+        == (True, "nf4", True, torch.bfloat16)
+    assert bitsandbytes_config("8bit", None).load_in_8bit
+
+
+def test_qlora_path_on_bitsandbytes_cpu_kernels(prefs_dir, tokenizer, tmp_path, monkeypatch):
+    """QLoRA end to end where bitsandbytes' CPU kernels exist (they are slow; runs are refused on CPU): a
+    4-bit base, float32 adapters, the reference as the 4-bit base, adapter-only checkpoints, and a merged export
+    built on the unquantized base."""
+    bitsandbytes = pytest.importorskip("bitsandbytes")
+    import zephyr_lightning.models as models
+    from zephyr_lightning.export import export_adapter_run
+
+    monkeypatch.setenv("ZEPHYR_LIGHTNING_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(models, "quantization_problem", lambda quantization, on_cuda=None: None)
+    monkeypatch.setattr(models, "quantized_device", lambda: "cpu")
+    lora = {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj", "down_proj"]}
+    spec = ModelSpec(quantization="4bit", peft=lora)
+    data, batch = _batch(prefs_dir, tokenizer)
+    module = DPOModule(spec, optim=OptimizerConfig(lr=1e-2, warmup_ratio=0.0))
+    trainer = _trainer(tmp_path, max_steps=2, limit_val_batches=0)
+    trainer.fit(module, datamodule=data)
+    base = module.model.get_base_model()
+    assert isinstance(base.model.layers[0].mlp.down_proj.base_layer, bitsandbytes.nn.Linear4bit)
+    assert {p.dtype for p in module.model.parameters() if p.requires_grad} == {torch.float32}
+
+    quantized_base = models.load_causal_lm(spec.without_adapters()).eval()  # the same 4-bit weights, no adapter
+    module.train()
+    reference = module.reference_logps(batch, pair_logprobs(module.model, batch))
+    with torch.no_grad():
+        torch.testing.assert_close(reference.chosen, pair_logprobs(quantized_base, batch).chosen, rtol=0, atol=1e-5)
+
+    # (After the comparison: on CPU, bitsandbytes repacks 4-bit weights for its CPU kernels at the first forward
+    # and unpacks them when a state dict is taken, which moves its outputs by ~1e-5 relative; CUDA has no such step.)
+    trainer.save_checkpoint(tmp_path / "qlora.ckpt")
+    state = torch.load(tmp_path / "qlora.ckpt", weights_only=True)["state_dict"]
+    assert set(state) == module.adapter_keys
+
+    adapter_state = {k[len("model."):]: v for k, v in state.items()}
+    merged_dir, adapter_dir = export_adapter_run(spec, adapter_state, tokenizer, tmp_path / "hf")
+    merged = AutoModelForCausalLM.from_pretrained(merged_dir)
+    on_full_precision = PeftModel.from_pretrained(build_tiny_mistral(seed=0), adapter_dir)
+    torch.testing.assert_close(_logits(merged), _logits(on_full_precision), rtol=0, atol=1e-5)
+    assert (_logits(merged) - _logits(module.model)).abs().max() > 1e-3  # not the 4-bit weights

@@ -382,8 +382,13 @@ def _load_weights(spec: ModelSpec) -> PreTrainedModel:
     kwargs[_from_pretrained_dtype_kwarg()] = dtype if dtype is not None else "auto"
     if spec.quantization is not None:
         kwargs["quantization_config"] = bitsandbytes_config(spec.quantization, dtype)
-        kwargs["device_map"] = {"": torch.cuda.current_device()}  # bitsandbytes quantizes on the GPU it loads to
+        kwargs["device_map"] = {"": quantized_device()}  # bitsandbytes quantizes on the device it loads to
     return AutoModelForCausalLM.from_pretrained(source, **kwargs)
+
+
+def quantized_device() -> int | str:
+    """Where quantized weights load: this process's GPU (Lightning has set it before `configure_model`)."""
+    return torch.cuda.current_device()
 
 
 def bitsandbytes_config(quantization: Quantization, compute_dtype: torch.dtype | None):
