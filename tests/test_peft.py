@@ -330,3 +330,11 @@ def test_qlora_path_on_bitsandbytes_cpu_kernels(prefs_dir, tokenizer, tmp_path, 
     on_full_precision = PeftModel.from_pretrained(build_tiny_mistral(seed=0), adapter_dir)
     torch.testing.assert_close(_logits(merged), _logits(on_full_precision), rtol=0, atol=1e-5)
     assert (_logits(merged) - _logits(module.model)).abs().max() > 1e-3  # not the 4-bit weights
+
+
+def test_a_shared_reference_takes_no_dtype_of_its_own(tmp_path):
+    with pytest.raises(ArgumentError, match=r"module\.reference_dtype='bfloat16': the reference is the policy's own base"):
+        DPOModule(ModelSpec(peft={"r": 4}), reference_dtype="bfloat16")
+    DPOModule(ModelSpec(peft={"r": 4}), reference_dtype="bfloat16", precompute_reference=True)  # loaded apart: fine
+    errors = _errors(compose(["+experiment=dpo", "model/peft=lora", "module.reference_dtype=bfloat16"], tmp_path))
+    assert [e.split(":")[0] for e in errors] == ["module.reference_dtype='bfloat16'"], errors

@@ -51,20 +51,31 @@ def _metric_set() -> nn.ModuleDict:
     return nn.ModuleDict({name: torchmetrics.MeanMetric() for name in METRICS})
 
 
-@cross_check(label_smoothing_rule)
+def _shared_reference_dtype_rule(arguments: dict) -> tuple[str, str] | None:
+    """A reference that shares the policy's weights (adapters off) has the policy's dtype."""
+    policy = arguments.get("policy")
+    peft = policy.get("peft") if isinstance(policy, dict) else getattr(policy, "peft", None)
+    shared = peft is not None and arguments.get("reference") is None and not arguments.get("precompute_reference")
+    if shared and arguments.get("reference_dtype") is not None and not arguments.get("reference_free"):
+        return "reference_dtype", ("the reference is the policy's own base with its adapters disabled (model.peft), "
+                                   "so it has the policy's dtype: leave it null")
+    return None
+
+
+@cross_check(label_smoothing_rule, _shared_reference_dtype_rule)
 class DPOModule(CausalLMModule):
     """DPO (Rafailov et al. 2023) as in Zephyr's dDPO stage.
 
     Args:
-        policy: the model to train: a `ModelSpec`, a hub name or local folder, or a ``transformers``
-            causal LM.
+        policy: the model to train: a `ModelSpec` (with ``peft`` and ``quantization`` for LoRA and QLoRA),
+            a hub name or local folder, or a ``transformers`` causal LM or ``peft.PeftModel``.
         reference: the frozen reference model. ``None`` is the policy's own starting point (the usual
             case: the dSFT model the policy starts from): rebuilt from the policy's source, or, when the
             policy trains adapters, no second model at all (see below); a spec/name loads another model;
             a ready model is used as is. Unused with ``reference_free=True``.
         reference_dtype: the dtype of a reference rebuilt from the policy's source (``None``: the
             policy's). The reference is never updated, so ``bfloat16`` halves its memory at no cost to
-            the policy's fp32 master weights. Ignored when the reference shares the policy's weights.
+            the policy's fp32 master weights. Refused when the reference shares the policy's weights.
         beta: strength of the KL constraint (paper: 0.1; alignment handbook: 0.01).
         loss_type: ``sigmoid`` (DPO), ``ipo`` or ``hinge``; see `dpo_loss`.
         label_smoothing: cDPO's assumed label-noise rate (sigmoid loss only).
