@@ -78,4 +78,3 @@ def test_the_plan_command_runs_from_an_empty_folder(installed, tmp_path):
     out = _run(installed, tmp_path, "zephyr-plan", "+experiment=zephyr_7b_dpo_qlora")
     assert out.returncode == 0, out.stderr[-2000:]
     assert "activations" in out.stdout and "141 GB (H200): fits" in out.stdout
-    assert _run(installed, tmp_path, "zephyr-plan", "--help").returncode == 0

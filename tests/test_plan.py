@@ -149,8 +149,8 @@ def test_train_refuses_a_cuda_run_that_cannot_fit_before_loading(tmp_path, monke
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: Card())
     loads = []
     monkeypatch.setattr(ModelSpec, "load_model", lambda self: loads.append(self))
-    big = ["+experiment=dpo", "model.config_overrides.hidden_size=1024", "model.config_overrides.num_hidden_layers=16",
-           "model.config_overrides.intermediate_size=4096", "data.batch_size=64"]
+    big = ["+experiment=dpo", "+model.config_overrides.hidden_size=1024", "+model.config_overrides.num_hidden_layers=16",
+           "+model.config_overrides.intermediate_size=4096", "data.batch_size=64"]
     with pytest.raises(cli.MemoryPlanError, match=r"needs about \d+\.\d GiB per device .* the GPU has 4\.0 GiB"):
         train(compose(big, tmp_path))
     assert loads == []

@@ -25,7 +25,6 @@ Hydra: `plan_from_config` reads a composed config as plain dicts.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -443,10 +442,6 @@ def tokens_note(cfg: Mapping[str, Any]) -> str:
     batch, length = data.get("batch_size", 8), data.get("max_length", 1024)
     what = f"{batch} pairs x 2 sequences" if dpo else f"{batch} sequences"
     return f"activations for the longest micro-batch: {what} x max_length {length} tokens per device"
-
-
-def gib(value: float) -> str:
-    return f"{value / GIB:.1f} GiB" if math.isfinite(value) else "?"
 
 
 def smallest_gpu(plan: MemoryPlan) -> str:
