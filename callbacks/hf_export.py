@@ -13,7 +13,7 @@ from transformers import PreTrainedTokenizerBase
 
 from zephyr_lightning.arguments import check_arguments, cross_check
 from zephyr_lightning.callbacks._tokenizer import find_tokenizer
-from zephyr_lightning.export import export_hf
+from zephyr_lightning.export import adapter_dir_for, export_adapter_run, export_hf
 from zephyr_lightning.hub import HubPushError, HubRepoId, push_folder, push_refusal
 from zephyr_lightning.modelcard import collect_records, render_card, software_versions
 
@@ -92,7 +92,9 @@ class HFExport(L.Callback):
     The folder loads with ``AutoModelForCausalLM.from_pretrained(dirpath)`` and is what the next
     stage starts from (``model.name_or_path=DIR/hf``). The weights are the module's ``model`` at the
     end of training, gathered from all ranks first under sharded strategies. The tokenizer is the
-    one given here, or the DataModule's ``tokenizer``. The card (``README.md``,
+    one given here, or the DataModule's ``tokenizer``. A module that trained adapters also writes the
+    adapter folder (``adapter_dirpath``, by default ``DIR/hf-adapter``), and ``dirpath`` holds the full
+    model with the adapter merged in (`zephyr_lightning.export.export_adapter_run`). The card (``README.md``,
     `zephyr_lightning.modelcard`) is written from the run folder's records (``trainer.default_root_dir``)
     and the live trainer: the final ``callback_metrics``, progress, the software of this process (also
     stored in every checkpoint, for a later ``python -m zephyr_lightning.export``).
@@ -100,6 +102,7 @@ class HFExport(L.Callback):
     Args:
         dirpath: the export folder, written through a temporary folder and renamed into place when complete.
         tokenizer: saved with the model; default the DataModule's.
+        adapter_dirpath: where an adapter run's adapter folder goes; default ``<dirpath>-adapter``.
         push_to_hub: upload the finished folder to ``hub_model_id`` (global rank 0 only). Needs a token in
             ``HF_TOKEN``; without one the callback refuses at construction, before anything is loaded. A
             failed push keeps the export and logs the command that retries it; the run itself succeeds.
@@ -115,6 +118,7 @@ class HFExport(L.Callback):
         dirpath: str | Path,
         tokenizer: PreTrainedTokenizerBase | None = None,
         *,
+        adapter_dirpath: str | Path | None = None,
         push_to_hub: bool = False,
         hub_model_id: HubRepoId | None = None,
         private: bool | None = None,
@@ -126,6 +130,7 @@ class HFExport(L.Callback):
             raise HubPushError(f"callbacks.hf_export.push_to_hub=true: {refusal}")
         self.dirpath = Path(dirpath)
         self.tokenizer = tokenizer
+        self.adapter_dirpath = adapter_dir_for(dirpath) if adapter_dirpath is None else Path(adapter_dirpath)
         self.push_to_hub = push_to_hub
         self.hub_model_id = hub_model_id
         self.private = private
@@ -146,14 +151,14 @@ class HFExport(L.Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         pass  # a resumed run records the versions it runs with
 
-    def card(self, trainer: L.Trainer, pl_module: L.LightningModule) -> str | None:
-        """The model card of the export, or None (with the reason logged) when it cannot be written: a
-        documentation failure must not cost the trained model."""
+    def card(self, trainer: L.Trainer, pl_module: L.LightningModule, kind: str = "full") -> str | None:
+        """The model card of the export (``kind``: full, merged or adapter), or None (with the reason
+        logged) when it cannot be written: a documentation failure must not cost the trained model."""
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
         try:
             records = collect_records(trainer.default_root_dir, config=live_config(trainer, pl_module), metrics=metrics,
                                       software=self.software, progress=live_progress(trainer))
-            return render_card(records, model_id=self.hub_model_id, license=self.license)
+            return render_card(records, kind=kind, model_id=self.hub_model_id, license=self.license)
         except Exception:
             log.exception("the model card could not be written; exporting %s without one", self.dirpath)
             return None
@@ -164,10 +169,18 @@ class HFExport(L.Callback):
         if not trainer.is_global_zero:
             return
         prefix = "model."
-        state = {k[len(prefix) :]: v for k, v in full_state.items() if k.startswith(prefix)}
-        export_hf(pl_module.model, find_tokenizer(trainer, self.tokenizer), self.dirpath, state_dict=state,
-                  card=self.card(trainer, pl_module))
-        log.info("Hugging Face export: %s", self.dirpath)
+        tokenizer = find_tokenizer(trainer, self.tokenizer)
+        adapter_keys = getattr(pl_module, "adapter_keys", None)
+        if adapter_keys is not None:
+            state = {k[len(prefix) :]: v for k, v in full_state.items() if k in adapter_keys}
+            source = pl_module.model_spec if pl_module.model_spec is not None else pl_module.model
+            export_adapter_run(source, state, tokenizer, self.dirpath, self.adapter_dirpath,
+                               cards=lambda kind: self.card(trainer, pl_module, kind))
+            log.info("Hugging Face export: %s (merged), %s (adapter)", self.dirpath, self.adapter_dirpath)
+        else:
+            state = {k[len(prefix) :]: v for k, v in full_state.items() if k.startswith(prefix)}
+            export_hf(pl_module.model, tokenizer, self.dirpath, state_dict=state, card=self.card(trainer, pl_module))
+            log.info("Hugging Face export: %s", self.dirpath)
         if self.push_to_hub:
             self.push()
 

@@ -27,6 +27,9 @@ class PrecomputedReference(L.Callback):
         if all(COLUMNS[0] in data.column_names for data in datamodule.datasets.values()):
             return
         source = pl_module.reference if pl_module.reference is not None else pl_module.reference_spec
+        if source is None:
+            raise ValueError("precompute_reference=True with a policy given as a ready model that trains adapters: "
+                             "give the policy as a ModelSpec, or the reference explicitly (reference=...)")
         datamodule.datasets.update(
             attach_reference_logps(
                 datamodule.datasets,

@@ -16,13 +16,13 @@ ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "tests" / "scripts" / "distributed_dpo.py"
 
 
-def _run(strategy: str, tmp_path: Path) -> Path:
+def _run(strategy: str, tmp_path: Path, *extra: str) -> Path:
     rows = [pref_row(f"Question {i}?", f"Answer {i}.", "No.") for i in range(16)]
     write_jsonl(tmp_path / "data" / "train_prefs.jsonl", rows)
     out = tmp_path / "out"
     env = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
            "PYTHONPATH": str(ROOT)}
-    result = subprocess.run([sys.executable, str(SCRIPT), strategy, str(tmp_path / "data"), str(out)],
+    result = subprocess.run([sys.executable, str(SCRIPT), strategy, str(tmp_path / "data"), str(out), *extra],
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     return out
@@ -41,3 +41,21 @@ def test_ddp_ranks_see_disjoint_data_and_end_with_identical_weights(tmp_path):
 
     initial = build_tiny_mistral(seed=0).state_dict()
     assert not torch.equal(initial["lm_head.weight"], weights[0]["model.lm_head.weight"])  # it trained
+
+
+def test_lora_under_ddp_trains_identical_adapters_on_an_untouched_base(tmp_path):
+    """DDP with LoRA (reference = the policy with its adapters disabled, inside the DDP forward): both ranks end
+    with the same adapters, which trained, and the base weights exactly as built."""
+    out = _run("ddp", tmp_path, "lora")
+    weights = [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    lora_b = [k for k in weights[0] if "lora_B" in k]
+    assert lora_b and all(weights[0][k].abs().max() > 0 for k in lora_b)  # B starts at zero: it trained
+    from zephyr_lightning.models import build_tiny_mistral
+
+    initial = build_tiny_mistral(seed=0).state_dict()
+    prefix = "model.base_model.model."
+    base = {k[len(prefix):].replace(".base_layer", ""): v for k, v in weights[0].items() if "lora_" not in k}
+    assert base.keys() == initial.keys()
+    assert all(torch.equal(base[k], initial[k]) for k in initial)

@@ -77,3 +77,9 @@ def test_the_embedded_default_trains_from_an_empty_folder(installed, tmp_path):
     out = _run(installed, tmp_path, "zephyr-aif", f"hydra.run.dir={aif_dir}", "prompts.limit=4", "progress_bar=false")
     assert out.returncode == 0, out.stderr[-3000:]
     assert (aif_dir / "binarized" / "train_prefs.jsonl").is_file()
+
+
+def test_the_plan_command_runs_from_an_empty_folder(installed, tmp_path):
+    out = _run(installed, tmp_path, "zephyr-plan", "+experiment=zephyr_7b_dpo_qlora")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "activations" in out.stdout and "141 GB (H200): fits" in out.stdout

@@ -34,7 +34,7 @@ from zephyr_lightning.sweeps.trials import describe_trials, nonfinite_losses
 ROOT = CONF_DIR.parent
 SWEEP_FILES = sorted((ROOT / "sweeps").glob("*.yaml"))
 # Each W&B sweep file and its offline twin (conf/hparams_search/), which must search the same space.
-TWINS = {"dpo_beta_lr.yaml": "dpo_optuna", "sft_lr.yaml": "sft_optuna"}
+TWINS = {"dpo_beta_lr.yaml": "dpo_optuna", "sft_lr.yaml": "sft_optuna", "dpo_lora.yaml": "dpo_lora_optuna"}
 QUIET = ("callbacks.sample_generation.max_new_tokens=4",)
 
 # Logged by callbacks, not modules: the NaN guard's gradient norm and the update guard's share.
@@ -310,7 +310,7 @@ def test_offline_twin_searches_the_same_space(sweep_file, hparams_search, tmp_pa
     from hydra.types import RunMode
     from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
     from omegaconf import OmegaConf
-    from optuna.distributions import LogUniformDistribution
+    from optuna.distributions import CategoricalDistribution, LogUniformDistribution
 
     path = ROOT / "sweeps" / sweep_file
     experiment = _require_experiment(path)
@@ -330,5 +330,8 @@ def test_offline_twin_searches_the_same_space(sweep_file, hparams_search, tmp_pa
     distributions, fixed = create_params_from_overrides([f"{k}={v}" for k, v in sweeper.params.items()])
     assert not fixed and set(distributions) == set(sweep["parameters"])
     for key, spec in sweep["parameters"].items():
+        if "values" in spec:  # a categorical search: the same choices
+            assert distributions[key] == CategoricalDistribution(spec["values"])
+            continue
         assert spec["distribution"] == "log_uniform_values"
         assert distributions[key] == LogUniformDistribution(spec["min"], spec["max"])

@@ -44,6 +44,7 @@ __all__ = [
     "declared_arguments",
     "declared_defaults",
     "resolve_target",
+    "value_problem",
     "NonNegative",
     "Positive",
     "PositiveInt",
@@ -236,7 +237,10 @@ def argument_errors(
     (their own target checks them); Hydra's ``_``-keys are ignored."""
     target = resolve_target(target)
     declared = _declaration(target)
-    accepts_anything = inspect.isfunction(target) and any(
+    # A function's **kwargs, or a foreign class's (Lightning's DDPStrategy hands them to DistributedDataParallel),
+    # may take any name; only our own classes are known to forward theirs to their base class.
+    foreign = inspect.isclass(target) and not target.__module__.startswith("zephyr_lightning")
+    accepts_anything = (inspect.isfunction(target) or foreign) and any(
         p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(target).parameters.values()
     )
     skipped = set(skip)
@@ -272,8 +276,31 @@ def argument_errors(
         if not found:
             continue
         for name, problem in [found] if isinstance(found, tuple) else found:
-            errors.append(f"{_key(prefix, name)}={filled.get(name)!r}: {problem}")
+            errors.append(f"{_key(prefix, name)}={_value_at(filled, name)!r}: {problem}")
     return errors
+
+
+def _value_at(values: Mapping[str, Any], name: str) -> Any:
+    """``values[name]``; a dotted name (``peft.r``, from a rule about a nested setting) walks mappings and
+    attributes."""
+    node: Any = values
+    for part in name.split("."):
+        node = node.get(part) if isinstance(node, Mapping) else getattr(node, part, None)
+    return node
+
+
+def value_problem(annotation: Any, value: Any) -> str | None:
+    """What is wrong with ``value`` for a declared type (``PositiveInt``, a ``Literal``...), in the words of
+    every other message (``must be >= 1``), or None. For rules about values that no signature of ours
+    declares (a nested setting of another library's object)."""
+    adapter = _adapter(annotation)
+    if adapter is None:
+        return None
+    try:
+        adapter.validate_python(value)
+    except ValidationError as err:
+        return _describe(err.errors()[0])
+    return None
 
 
 def _name(target: Callable) -> str:

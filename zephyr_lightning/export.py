@@ -1,8 +1,16 @@
-"""Write a Hugging Face model folder (config, safetensors weights, tokenizer with chat template, model card).
+"""Write Hugging Face model folders (config, safetensors weights, tokenizer with chat template, model card).
 
-Exports are written to a temporary folder beside the target and renamed into place when complete,
-so a crash never leaves a half-written folder that looks whole; the model card (`zephyr_lightning.modelcard`)
-is written into that folder before the rename.
+Every folder goes through `export_hf`: written to a temporary folder beside the target and renamed into
+place when complete, so a crash never leaves a half-written folder that looks whole; the model card
+(`zephyr_lightning.modelcard`) is written into that folder before the rename.
+
+A run that trained adapters (LoRA, QLoRA) writes two folders (`export_adapter_run`): the adapter
+(``OUT-adapter``: ``adapter_config.json`` + ``adapter_model.safetensors``, loadable with
+``PeftModel.from_pretrained(base, folder)`` or as ``model.name_or_path``) and the full model with the
+adapter merged into the base weights (``OUT``, loadable with ``AutoModelForCausalLM.from_pretrained``). The
+merge starts from the base loaded again from its source *without* quantization, so a QLoRA run's merged
+model is the full-precision base plus the adapter, never a rounded 4-bit sum. Each gets its own card
+(``kind="merged"`` / ``kind="adapter"``).
 
 Command line::
 
@@ -23,20 +31,23 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
+import dataclasses
 import logging
 import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
+from zephyr_lightning import adapters
 from zephyr_lightning.modelcard import CARD_FILE, collect_records, render_card
-from zephyr_lightning.models import as_spec, build_tiny_mistral, load_tokenizer
+from zephyr_lightning.models import ModelSpec, as_spec, build_tiny_mistral, load_causal_lm, load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +124,56 @@ def recard_export(source: str | Path, out_dir: str | Path, card: str) -> Path:
     return Path(out_dir)
 
 
+def adapter_dir_for(out_dir: str | Path) -> Path:
+    """Where an adapter run writes its adapter folder, beside the merged model's: ``hf`` -> ``hf-adapter``."""
+    out_dir = Path(out_dir)
+    return out_dir.with_name(f"{out_dir.name}-adapter")
+
+
+def export_adapter_run(
+    source: ModelSpec | torch.nn.Module,
+    adapter_state: dict[str, torch.Tensor] | None,
+    tokenizer: PreTrainedTokenizerBase | None,
+    out_dir: str | Path,
+    adapter_dir: str | Path | None = None,
+    *,
+    cards: Callable[[str], str | None] = lambda kind: None,
+) -> tuple[Path, Path]:
+    """Write an adapter run's adapter folder and merged model; return (merged folder, adapter folder).
+
+    ``source`` is the run's `ModelSpec` (the base is loaded again, unquantized, on the CPU, and
+    ``adapter_state``, the trained adapter's tensors by their ``PeftModel`` names, put on it), or a ready
+    ``PeftModel`` that is not sharded (copied, then merged). ``cards(kind)`` gives each folder's model card
+    (``"adapter"``, ``"merged"``); PEFT's own README placeholder is replaced by it.
+    """
+    adapter_dir = adapter_dir_for(out_dir) if adapter_dir is None else Path(adapter_dir)
+    if isinstance(source, ModelSpec):
+        plain = dataclasses.replace(source, quantization=None, gradient_checkpointing=False, compile=False,
+                                    attn_implementation="sdpa")
+        with torch.random.fork_rng(devices=[]):  # a new adapter's random init must not move the run's RNG
+            model = load_causal_lm(plain)
+        _load_adapter_state(model, adapter_state or {})
+    else:
+        model = copy.deepcopy(source)
+        if adapters.has_reference_adapter(model):
+            model.delete_adapter(adapters.REFERENCE_ADAPTER)  # the run's frozen starting point, not its product
+        if adapter_state:
+            _load_adapter_state(model, adapter_state)
+    model.eval()
+    export_hf(model, tokenizer, adapter_dir, card=cards("adapter"))
+    merged = export_hf(model.merge_and_unload(), tokenizer, out_dir, card=cards("merged"))
+    return merged, adapter_dir
+
+
+def _load_adapter_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    result = model.load_state_dict(state, strict=False)
+    expected = set(adapters.trainable_parameter_names(model))
+    missing = sorted(expected - set(state))
+    if result.unexpected_keys or missing:
+        raise KeyError(f"the adapter weights do not match the model: unexpected {result.unexpected_keys[:3]}, "
+                       f"missing {missing[:3]}")
+
+
 def _empty_model(spec_data: Any) -> PreTrainedModel:
     spec = as_spec(spec_data)
     if spec.is_builtin:
@@ -131,17 +192,22 @@ def _model_spec(checkpoint_path: str | Path, hparams: dict[str, Any]) -> dict[st
     return spec
 
 
-def export_checkpoint(checkpoint_path: str | Path, out_dir: str | Path, *, card: str | None = None) -> Path:
-    """Lightning checkpoint of a `CausalLMModule` -> Hugging Face folder (with ``card`` as its README.md)."""
+def export_checkpoint(
+    checkpoint_path: str | Path, out_dir: str | Path, *, cards: Callable[[str], str | None] = lambda kind: None
+) -> Path:
+    """Lightning checkpoint of a `CausalLMModule` -> Hugging Face folder (and its adapter folder beside it
+    when the run trained adapters), each with the card ``cards(kind)`` as its README.md."""
     checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
     spec = _model_spec(checkpoint_path, checkpoint.get("hyper_parameters", {}))
-    model = _empty_model(spec)
     prefix = "model."
     state = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+    if as_spec(spec).trains_adapters:  # the checkpoint holds the adapter only
+        return export_adapter_run(as_spec(spec), state, load_tokenizer(spec), out_dir, cards=cards)[0]
+    model = _empty_model(spec)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise KeyError(f"{checkpoint_path}: weights do not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
-    return export_hf(model, load_tokenizer(spec), out_dir, card=card)
+    return export_hf(model, load_tokenizer(spec), out_dir, card=cards("full"))
 
 
 def checkpoint_records(checkpoint_path: str | Path) -> tuple[dict[str, Any], dict[str, float], dict[str, str] | None]:
@@ -262,12 +328,19 @@ def main(argv: list[str] | None = None) -> None:
                                   progress=progress if model_source == checkpoint else None)
     except ValueError as error:
         parser.error(str(error))
-    card = render_card(records, model_id=args.push_to_hub, license=args.license)
+
+    def cards(kind: str) -> str:
+        return render_card(records, kind=kind, model_id=args.push_to_hub, license=args.license)
+
     log.info("exporting %s to %s", model_source, out_dir)
     if model_source.is_file():
-        export_checkpoint(model_source, out_dir, card=card)
+        export_checkpoint(model_source, out_dir, cards=cards)
     else:
-        recard_export(model_source, out_dir, card)
+        adapter_source = adapter_dir_for(model_source)
+        merged = not (model_source / "adapter_config.json").is_file() and adapter_source.is_dir()
+        recard_export(model_source, out_dir, cards("merged" if merged else "full"))
+        if merged:  # an adapter run's two folders: the adapter's card is rewritten beside the merged one's
+            recard_export(adapter_source, adapter_dir_for(out_dir), cards("adapter"))
     print(out_dir)
     if args.push_to_hub:
         _push(out_dir, args)

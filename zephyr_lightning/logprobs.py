@@ -15,6 +15,8 @@ import torch
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 
+from zephyr_lightning.adapters import unwrap
+
 # About 128 MiB of float32 logits per chunk whatever the vocabulary size.
 DEFAULT_CHUNK_ELEMENTS = 2**25
 
@@ -144,6 +146,7 @@ def token_logprobs(
     attention kernels from deriving them on the device.
     """
     rows, cols, labels, slots = _shifted_targets(input_ids, loss_mask, sequence_index)
+    model = unwrap(model)  # a PeftModel's inner model carries its adapters in its layers
     head = _plain_linear_head(model)
     kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
     if cu_seq_lens is not None:

@@ -1,4 +1,5 @@
-"""Load a causal LM and its tokenizer: dtype, attention implementation, checkpointing, chat template.
+"""Load a causal LM and its tokenizer: dtype, attention implementation, checkpointing, LoRA adapters,
+quantization, chat template.
 
 `ModelSpec` is the one description of "which model" that SFT, DPO (policy and reference),
 generation and export share. A spec is plain data, so a resumed run rebuilds the same model from it.
@@ -12,12 +13,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import importlib.util
 import json
 import logging
 import os
 import shutil
 import tempfile
+import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -26,8 +29,15 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from zephyr_lightning import attention
-from zephyr_lightning.arguments import check_arguments, cross_check
+from zephyr_lightning import adapters, attention
+from zephyr_lightning.arguments import (
+    Fraction,
+    Positive,
+    PositiveInt,
+    check_arguments,
+    cross_check,
+    value_problem,
+)
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +91,11 @@ _DTYPES = {
 DType = Literal["float32", "fp32", "bfloat16", "bf16", "float16", "fp16", "auto"]
 AttnImplementation = Literal["auto", "sdpa", "eager", "flash_attention_2", "flex_attention", "varlen"]
 ATTN_IMPLEMENTATIONS: tuple[str, ...] = get_args(AttnImplementation)
+# bitsandbytes weight quantization of the frozen base (QLoRA: 4-bit NF4).
+Quantization = Literal["4bit", "8bit"]
+# LoRA settings: a `peft.LoraConfig`, or a dict of its fields. Hydra's `model/peft=lora` builds a LoraConfig
+# (`_target_: peft.LoraConfig`), whose own signature declares each field's type; `_lora_rule` adds ranges.
+PeftSettings = Any
 
 
 def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
@@ -133,7 +148,44 @@ def _builtin_name_rule(arguments: dict) -> tuple[str, str] | None:
     return None
 
 
-@cross_check(_builtin_name_rule)
+def _lora_ranges(r: PositiveInt, lora_alpha: Positive, lora_dropout: Fraction) -> None:
+    """The ranges of LoRA's main settings (peft's LoraConfig declares their types only)."""
+
+
+def _lora_rule(arguments: dict) -> list[tuple[str, str]]:
+    settings = arguments.get("peft")
+    problems = []
+    for name, annotation in typing.get_type_hints(_lora_ranges, include_extras=True).items():
+        value = adapters.setting(settings, name)
+        if name == "return" or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue  # absent (peft's default), or the wrong type, which peft's declaration reports
+        problem = value_problem(annotation, value)
+        if problem:
+            problems.append((f"peft.{name}", problem))
+    return problems
+
+
+def quantization_problem(quantization: str | None, on_cuda: bool | None = None) -> str | None:
+    """Why ``quantization`` cannot load here, or None. bitsandbytes' 4/8-bit training kernels (QLoRA)
+    need a CUDA GPU; the one rule both config validation and the loader apply."""
+    if quantization is None:
+        return None
+    on_cuda = torch.cuda.is_available() if on_cuda is None else on_cuda
+    if not on_cuda:
+        return (f"{quantization} weights (QLoRA, bitsandbytes) need a CUDA GPU and this run has none; "
+                "use model.quantization=null (LoRA without quantization) on CPU")
+    return None
+
+
+def trained_spec_problem(quantization: str | None, peft: Any, name_or_path: str) -> tuple[str, str] | None:
+    """Why a model with these settings cannot be *trained* (a frozen reference may be anything), or None."""
+    if quantization is not None and peft is None and not adapters.is_local_adapter_folder(str(name_or_path)):
+        return ("quantization", f"{quantization} weights are frozen: train LoRA adapters on them (model/peft=lora, "
+                "i.e. QLoRA) or load the weights unquantized (model.quantization=null)")
+    return None
+
+
+@cross_check(_builtin_name_rule, _lora_rule)
 @dataclass
 class ModelSpec:
     """Which causal LM to load and how.
@@ -154,6 +206,15 @@ class ModelSpec:
         compile: ``torch.compile`` each decoder layer (``True``: inductor; a string: that backend). Fuses
             the memory-bound work between matrix products (norms, activations, rotary); shapes are
             compiled as dynamic, so packed batches of any length reuse one graph.
+        peft: LoRA adapters to train on the frozen base: a ``peft.LoraConfig`` or a dict of its fields
+            (``None``: every weight trains). When ``name_or_path`` is an adapter folder, that adapter is
+            merged into its base first and a new adapter trains on top (the handbook's QLoRA dDPO recipe).
+        quantization: load the frozen base weights in bitsandbytes ``4bit`` (NF4, double quantization,
+            compute in ``dtype``) or ``8bit`` (QLoRA; needs ``peft`` and a CUDA GPU).
+
+    ``name_or_path`` may also be an adapter folder (``adapter_config.json``, e.g. ``DIR/hf-adapter`` of an
+    earlier adapter run): its base is loaded (``seed`` and ``config_overrides`` apply to a built-in base)
+    and the adapter put on it. With ``peft=None`` the adapter itself keeps training (its own settings).
     """
 
     name_or_path: str = TINY_MISTRAL
@@ -167,10 +228,14 @@ class ModelSpec:
     seed: int = 0
     config_overrides: dict[str, Any] = field(default_factory=dict)
     compile: bool | str = False
+    peft: PeftSettings = None
+    quantization: Quantization | None = None
 
     def __post_init__(self) -> None:
         check_arguments(ModelSpec, vars(self), prefix="model")
         self.config_overrides = dict(self.config_overrides or {})
+        if isinstance(self.peft, dict) or (self.peft is not None and hasattr(self.peft, "items")):
+            self.peft = adapters.lora_settings(dict(self.peft))  # plain fields (e.g. from a checkpoint)
 
     def with_dtype(self, dtype: str | None) -> ModelSpec:
         """The same model in another dtype (``None``: this one)."""
@@ -180,8 +245,26 @@ class ModelSpec:
     def is_builtin(self) -> bool:
         return self.name_or_path.startswith(BUILTIN_PREFIX)
 
+    @property
+    def adapter_base(self) -> str | None:
+        """The base model when ``name_or_path`` is an adapter folder or repo, else None."""
+        return adapters.adapter_folder_base(self.name_or_path, self.revision)
+
+    @property
+    def trains_adapters(self) -> bool:
+        """Whether training this spec trains adapters only (a new one, or the adapter folder it names)."""
+        return self.peft is not None or self.adapter_base is not None
+
+    def without_adapters(self) -> ModelSpec:
+        """The model an adapter run starts from: this spec without a new adapter (an adapter folder stays,
+        applied to its base)."""
+        return dataclasses.replace(self, peft=None)
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Plain data (checkpoints record it and load it with ``weights_only=True``)."""
+        data = asdict(dataclasses.replace(self, peft=None))
+        data["peft"] = adapters.lora_settings(self.peft) if self.peft is not None else None
+        return data
 
     def load_model(self) -> PreTrainedModel:
         return load_causal_lm(self)
@@ -220,29 +303,35 @@ def build_tiny_mistral(seed: int = 0, **overrides: Any) -> PreTrainedModel:
 
 
 def load_causal_lm(spec: ModelSpec | str) -> PreTrainedModel:
-    """Load (or build) the causal LM a spec names, in train mode with the requested attention."""
+    """Load (or build) the causal LM a spec names, in train mode with the requested attention.
+
+    With ``spec.peft`` or an adapter folder the result is a ``peft.PeftModel`` whose base weights are
+    frozen and whose adapter trains; with ``spec.quantization`` the base weights are bitsandbytes 4/8-bit
+    (prepared with PEFT's ``prepare_model_for_kbit_training``).
+    """
     spec = as_spec(spec)
-    dtype = parse_dtype(spec.dtype)
-    attn = resolve_attn_implementation(spec.attn_implementation)
-    if spec.is_builtin:
-        model = build_tiny_mistral(spec.seed, **spec.config_overrides)
-        if hasattr(model, "set_attn_implementation"):
-            model.set_attn_implementation(attn)
-        else:
-            model.config._attn_implementation = attn
-        if dtype is not None:
-            model = model.to(dtype)
-    else:
-        kwargs: dict[str, Any] = dict(
-            attn_implementation=attn,
-            trust_remote_code=spec.trust_remote_code,
-            revision=spec.revision,
-        )
-        kwargs[_from_pretrained_dtype_kwarg()] = dtype if dtype is not None else "auto"
-        model = AutoModelForCausalLM.from_pretrained(spec.name_or_path, **kwargs)
+    problem = quantization_problem(spec.quantization)
+    if problem:
+        raise ValueError(f"model.quantization={spec.quantization!r}: {problem}")
+    adapter_base = spec.adapter_base
+    base_spec = spec if adapter_base is None else dataclasses.replace(spec, name_or_path=adapter_base)
+    model = _load_weights(base_spec)
     if spec.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
+    if spec.quantization is not None and (spec.peft is not None or adapter_base is not None):
+        from peft import prepare_model_for_kbit_training
+
+        # Freezes the base, upcasts its non-quantized weights (norms, embeddings, head) to float32.
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=spec.gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
+    if adapter_base is not None:
+        model = _with_adapter_folder(model, spec)
+    if spec.peft is not None:
+        model = adapters.add_lora(model, spec.peft, base_name=spec.name_or_path)
+        log.info("LoRA: %s trainable of %s parameters", f"{_trainable(model):,}", f"{_total(model):,}")
     if spec.compile:
         compile_decoder_layers(model, backend="inductor" if spec.compile is True else spec.compile)
     # from_pretrained returns eval mode and Lightning does not switch it back; callers that train
@@ -251,10 +340,97 @@ def load_causal_lm(spec: ModelSpec | str) -> PreTrainedModel:
     return model
 
 
+def _trainable(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def _total(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _with_adapter_folder(model: PreTrainedModel, spec: ModelSpec) -> torch.nn.Module:
+    """Put the adapter of the folder ``spec.name_or_path`` on its loaded base. Without ``spec.peft`` it keeps
+    training; with one it is merged into the base first (a new adapter follows)."""
+    from peft import PeftModel
+
+    model = PeftModel.from_pretrained(model, spec.name_or_path, revision=spec.revision, is_trainable=spec.peft is None)
+    if spec.peft is None:
+        log.info("adapter %s on %s: continuing it (%s trainable parameters)", spec.name_or_path,
+                 model.peft_config[adapters.TRAINED_ADAPTER].base_model_name_or_path, f"{_trainable(model):,}")
+        return model
+    if spec.quantization is not None:
+        log.warning("merging the adapter %s into %s base weights: bitsandbytes re-quantizes the sum, which rounds "
+                    "it (as the alignment handbook's QLoRA dDPO did); merging into an unquantized export is exact",
+                    spec.name_or_path, spec.quantization)
+    return model.merge_and_unload()
+
+
+def _load_weights(spec: ModelSpec) -> PreTrainedModel:
+    """The base model's weights: built in, or ``from_pretrained`` (quantized when the spec asks)."""
+    dtype = parse_dtype(spec.dtype)
+    attn = resolve_attn_implementation(spec.attn_implementation)
+    if spec.is_builtin and spec.quantization is None:
+        model = build_tiny_mistral(spec.seed, **spec.config_overrides)
+        if hasattr(model, "set_attn_implementation"):
+            model.set_attn_implementation(attn)
+        else:
+            model.config._attn_implementation = attn
+        return model.to(dtype) if dtype is not None else model
+    source = builtin_folder(spec) if spec.is_builtin else spec.name_or_path
+    kwargs: dict[str, Any] = dict(attn_implementation=attn, trust_remote_code=spec.trust_remote_code,
+                                  revision=None if spec.is_builtin else spec.revision)
+    kwargs[_from_pretrained_dtype_kwarg()] = dtype if dtype is not None else "auto"
+    if spec.quantization is not None:
+        kwargs["quantization_config"] = bitsandbytes_config(spec.quantization, dtype)
+        kwargs["device_map"] = {"": quantized_device()}  # bitsandbytes quantizes on the device it loads to
+    return AutoModelForCausalLM.from_pretrained(source, **kwargs)
+
+
+def quantized_device() -> int | str:
+    """Where quantized weights load: this process's GPU (Lightning has set it before `configure_model`)."""
+    return torch.cuda.current_device()
+
+
+def bitsandbytes_config(quantization: Quantization, compute_dtype: torch.dtype | None):
+    """QLoRA's quantization (Dettmers et al. 2023): NF4 with double quantization of the block scales,
+    matrix products in ``compute_dtype`` (bfloat16 when the spec says ``auto``), as the alignment handbook's
+    QLoRA recipes load their base (``load_in_4bit``, ``torch_dtype: bfloat16``). ``8bit``: LLM.int8()."""
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=compute_dtype or torch.bfloat16)
+
+
+def builtin_folder(spec: ModelSpec) -> Path:
+    """A built-in model saved once to the cache (keyed by its seed, architecture and dtype), for loaders
+    that read folders only: bitsandbytes quantizes weights while ``from_pretrained`` loads them."""
+    key = json.dumps({"name": spec.name_or_path, "seed": spec.seed, "config": spec.config_overrides,
+                      "dtype": spec.dtype}, sort_keys=True)
+    target = _cache_root() / "builtin" / hashlib.sha256(key.encode()).hexdigest()[:16]
+    if (target / "config.json").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".builtin-", dir=target.parent))
+    try:
+        model = build_tiny_mistral(spec.seed, **spec.config_overrides)
+        dtype = parse_dtype(spec.dtype)
+        (model.to(dtype) if dtype is not None else model).save_pretrained(staging)
+        try:
+            staging.rename(target)
+        except OSError:
+            if not (target / "config.json").exists():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
 def compile_decoder_layers(model: PreTrainedModel, backend: str = "inductor") -> PreTrainedModel:
     """Compile every decoder layer in place (``nn.Module.compile``: parameter names, checkpoints and
     exports are unchanged). Layers share their code, so one graph serves them all."""
-    layers = getattr(model.base_model, "layers", None)
+    layers = getattr(adapters.unwrap(model).base_model, "layers", None)
     if layers is None:
         raise ValueError(f"model.compile: {type(model).__name__} has no base_model.layers to compile")
     # Policy and reference layers, train and no-grad graphs: allow more variants than the default 8.
@@ -321,6 +497,9 @@ def load_tokenizer(spec: ModelSpec | str) -> PreTrainedTokenizerBase:
     """The tokenizer for a spec, with a chat template and a pad token always set."""
     spec = as_spec(spec)
     source = spec.tokenizer_name_or_path or spec.name_or_path
+    folder = Path(source)
+    if folder.is_dir() and not (folder / "tokenizer_config.json").exists() and adapters.is_local_adapter_folder(source):
+        source = adapters.adapter_folder_base(source) or source  # an adapter saved without its tokenizer
     if source.startswith(BUILTIN_PREFIX):
         source = str(mistral_tokenizer_dir())
     tokenizer = AutoTokenizer.from_pretrained(

@@ -57,13 +57,16 @@ def reference_fingerprint(reference: ModelSpec | PreTrainedModel) -> str:
     spec = reference
     folder = Path(spec.name_or_path)
     if not spec.is_builtin and folder.is_dir():
+        # An adapter folder's config names its base, so a changed base changes the key too.
+        configs = [folder / name for name in ("config.json", "adapter_config.json")]
         weights = [p for p in folder.iterdir() if p.suffix in _WEIGHT_SUFFIXES]
-        _hash_files([*weights, *(p for p in (folder / "config.json",) if p.exists())], digest)
-    else:
-        # Built-in models are defined by their spec; hub models by name and revision.
+        _hash_files([*weights, *(p for p in configs if p.exists())], digest)
+    if spec.is_builtin or not folder.is_dir() or spec.adapter_base is not None:
+        # Built-in models are defined by their spec; hub models (and an adapter's base) by name and revision.
         digest.update(json.dumps({k: spec.to_dict()[k] for k in ("name_or_path", "revision", "seed", "config_overrides")},
                                  sort_keys=True).encode())
-    digest.update(str(spec.dtype).encode())
+    # Quantized weights give other log-probs than the same weights in full precision.
+    digest.update(f"{spec.dtype}:{spec.quantization}".encode())
     return digest.hexdigest()
 
 

@@ -10,8 +10,9 @@ Two kinds of rules:
 - each object's own arguments: every node with a ``_target_`` is checked against its target's signature
   (`zephyr_lightning.arguments`), the same declaration its constructor and the sweep checker read;
 - rules across objects or about the run, which belong to no single class and live here: the data
-  splits exist, the trainer runs at least one step, ``resume`` / ``ckpt_path``, and that an optimizer
-  step survives rounding in the dtype the parameters are trained in (`zephyr_lightning.precision`).
+  splits exist, the trainer runs at least one step, ``resume`` / ``ckpt_path``, that an optimizer
+  step survives rounding in the dtype the parameters are trained in (`zephyr_lightning.precision`), and
+  that quantized weights (QLoRA) have a CUDA GPU, adapters to train and a strategy that takes them.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 
 from zephyr_lightning.arguments import argument_errors
 from zephyr_lightning.data.sources import split_file
+from zephyr_lightning.models import quantization_problem, trained_spec_problem
 from zephyr_lightning.precision import masters_kept, rounded_update_problem, trainable_dtype
 from zephyr_lightning.resume import ckpt_choice_errors
 
@@ -214,6 +216,51 @@ def _check_precision(checks: _Checks) -> None:
                     "sharded in the same units as the policy, which need one dtype: leave it null")
 
 
+def runs_on_cuda(cfg: Mapping[str, Any]) -> bool:
+    """Whether the Trainer will run on a CUDA GPU (``auto`` picks one when there is one)."""
+    import torch
+
+    accelerator = str(_get(cfg, "trainer.accelerator")).lower()
+    if accelerator in ("cpu", "mps", "tpu", "xla"):
+        return False
+    return torch.cuda.is_available()
+
+
+def _model_nodes(cfg: Mapping[str, Any], unresolved: Any) -> list[tuple[str, Mapping[str, Any]]]:
+    """Every ModelSpec node (the `model` group, a reference spec), once each (``policy: ${model}`` is `model`)."""
+    return [(key, node) for key, node in target_nodes(cfg, unresolved) if str(node["_target_"]).endswith("ModelSpec")]
+
+
+def _check_quantization(checks: _Checks, unresolved: Any) -> None:
+    """Quantized weights load on a CUDA GPU only (before anything loads, naming the key); the trained model
+    needs adapters on them; FSDP and DeepSpeed do not shard bitsandbytes weights here; FSDP flattens a
+    layer's base weights and adapters together, so they need one dtype."""
+    on_cuda = runs_on_cuda(checks.cfg)
+    for key, node in _model_nodes(checks.cfg, unresolved):
+        quantization = node.get("quantization")
+        problem = quantization_problem(quantization, on_cuda)
+        if problem:
+            checks.fail(f"{key}.quantization", quantization, problem)
+    found = _trained_model(checks.cfg)
+    if found is None:
+        return
+    key, model = found
+    where = "model" if checks.cfg.get("model") == model else key
+    problem = trained_spec_problem(model.get("quantization"), model.get("peft"), str(model.get("name_or_path", "")))
+    if problem:
+        checks.fail(f"{where}.{problem[0]}", model.get(problem[0]), problem[1])
+    strategy = (_strategy_target(checks.cfg) or "").lower()
+    if model.get("quantization") and ("fsdp" in strategy or "deepspeed" in strategy):
+        checks.fail(f"{where}.quantization", model.get("quantization"),
+                    "QLoRA runs on one GPU or under strategy=ddp here (FSDP and DeepSpeed do not shard bitsandbytes "
+                    "weights in this set-up); LoRA without quantization works with both")
+    elif model.get("peft") and "fsdp" in strategy and model.get("dtype") not in ("float32", "fp32"):
+        checks.fail(f"{where}.dtype", model.get("dtype"),
+                    "under FSDP a decoder layer's frozen weights and its float32 LoRA adapters are flattened into "
+                    "one unit, which needs one dtype: load the base in float32 (bf16 compute comes from "
+                    "trainer.precision=bf16-mixed)")
+
+
 def _check_resume(checks: _Checks) -> None:
     resume, ckpt_path = _get(checks.cfg, "resume"), _get(checks.cfg, "ckpt_path")
     errors = ckpt_choice_errors(None if ckpt_path is _MISSING else ckpt_path, False if resume is _MISSING else resume)
@@ -232,6 +279,7 @@ def validate_config(cfg: Mapping[str, Any], unresolved: Mapping[str, Any] | None
     _check_data_sources(checks)
     _check_trainer(checks)
     _check_precision(checks)
+    _check_quantization(checks, unresolved)
     _check_resume(checks)
     for note in checks.notes:
         log.info("config: %s", note)

@@ -1,7 +1,8 @@
 """Run by tests/test_distributed.py: DPO on 2 CPU processes (gloo) with a real Lightning strategy.
 
-    python tests/scripts/distributed_dpo.py STRATEGY DATA_DIR OUT_DIR
+    python tests/scripts/distributed_dpo.py STRATEGY DATA_DIR OUT_DIR [lora]
 
+With ``lora`` the policy trains LoRA adapters (the reference is its base with the adapters disabled).
 Each rank writes OUT_DIR/rank<r>.json (the prompt_ids it trained on) and OUT_DIR/rank<r>.pt (its final
 policy weights, gathered where the strategy shards them).
 """
@@ -15,7 +16,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from zephyr_lightning import DPOModule, OptimizerConfig, PreferenceDataModule
+from zephyr_lightning import DPOModule, ModelSpec, OptimizerConfig, PreferenceDataModule
 from zephyr_lightning.callbacks.hf_export import full_state_dict
 
 
@@ -38,7 +39,10 @@ def main() -> None:
     L.seed_everything(0)
     data = PreferenceDataModule(data_dir, "builtin:tiny-mistral", batch_size=2, max_length=96, max_prompt_length=48,
                                 val_split=None)
-    module = DPOModule("builtin:tiny-mistral", optim=OptimizerConfig(lr=1e-2, warmup_ratio=0.0))
+    lora = sys.argv[4:] == ["lora"]
+    policy = ModelSpec(peft={"r": 4, "lora_alpha": 8, "lora_dropout": 0.1, "target_modules": ["q_proj", "v_proj"]}) \
+        if lora else ModelSpec()
+    module = DPOModule(policy, optim=OptimizerConfig(lr=1e-2, warmup_ratio=0.0))
     recorder = RecordPrompts()
     trainer = L.Trainer(accelerator="cpu", devices=2, strategy=strategy, max_epochs=1, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,

@@ -30,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from zephyr_lightning.cli.configs import conf_dir, register_signatures
 from zephyr_lightning.loggers import announce_offline_run, finish_wandb_run
+from zephyr_lightning.plan import GIB, ShapeUnknown, plan_from_config, tokens_note
 from zephyr_lightning.resume import resolve_ckpt_path
 from zephyr_lightning.secrets import redact, redact_text, redact_yaml_files
 from zephyr_lightning.sweeps.trials import (
@@ -41,10 +42,41 @@ from zephyr_lightning.sweeps.trials import (
     optimized_value,
     write_result,
 )
-from zephyr_lightning.validation import check_config
+from zephyr_lightning.validation import check_config, runs_on_cuda
 
 log = logging.getLogger("train")
 register_signatures()  # before hydra.main composes: config files take their defaults from the signatures
+# A plan this much above the GPU's memory is refused (the plan counts every sequence at max_length, so a
+# run somewhat above it may still fit its real batches; memory_check=false runs it anyway).
+REFUSE_ABOVE = 1.25
+
+
+class MemoryPlanError(RuntimeError):
+    """The memory planner says the run cannot fit on its GPU."""
+
+
+def _check_memory(cfg: dict[str, Any]) -> None:
+    """Log the memory plan per device; on CUDA, refuse a run that exceeds the GPU by a clear margin."""
+    try:
+        plan = plan_from_config(cfg)
+    except ShapeUnknown as error:
+        log.info("memory plan: unavailable (%s)", error)
+        return
+    log.info("memory plan per device (%s):\n%s", tokens_note(cfg), plan.describe())
+    if not runs_on_cuda(cfg) or cfg.get("memory_check") is False:
+        return
+    import torch
+
+    capacity = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+    if plan.total > REFUSE_ABOVE * capacity:
+        parts = ", ".join(f"{name} {value / GIB:.1f}" for name, value in plan.components.items() if value)
+        raise MemoryPlanError(
+            f"this run needs about {plan.total / GIB:.1f} GiB per device ({parts} GiB) and the GPU has "
+            f"{capacity / GIB:.1f} GiB. Lower data.batch_size or data.max_length, set model.gradient_checkpointing=true, "
+            "train adapters (model/peft=lora, model.quantization=4bit) or shard over more GPUs (strategy=fsdp "
+            "trainer.devices=N); memory_check=false runs it anyway. `python -m zephyr_lightning.plan <the same "
+            "overrides>` shows the plan."
+        )
 
 
 def _instantiate_group(group: DictConfig | None) -> list[Any]:
@@ -77,6 +109,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     plain = OmegaConf.to_container(cfg, resolve=True)
     # every bad value at once, before a tokenizer, data set or model is loaded
     check_config(plain, OmegaConf.to_container(cfg, resolve=False))
+    _check_memory(plain)
     L.seed_everything(cfg.seed, workers=True)
 
     callbacks = _instantiate_group(cfg.get("callbacks"))

@@ -1,4 +1,5 @@
-"""What SFT and DPO share: loading the trained model, optimizer and schedule, hyper-parameters."""
+"""What SFT and DPO share: loading the trained model, optimizer and schedule, hyper-parameters, and
+checkpoints that hold what training changes."""
 
 from __future__ import annotations
 
@@ -6,11 +7,16 @@ from dataclasses import asdict
 from typing import Any
 
 import lightning as L
+from torch import nn
 from transformers import PreTrainedModel
 
+from zephyr_lightning import adapters
+from zephyr_lightning.arguments import ArgumentError
 from zephyr_lightning.data.collators import batch_tokens
-from zephyr_lightning.models import ModelSpec, as_spec
+from zephyr_lightning.models import ModelSpec, as_spec, trained_spec_problem
 from zephyr_lightning.optim import OptimizerConfig, build_optimizer
+
+MODEL_PREFIX = "model."
 
 
 def as_optimizer_config(optim: OptimizerConfig | dict[str, Any] | None) -> OptimizerConfig:
@@ -24,11 +30,14 @@ def as_optimizer_config(optim: OptimizerConfig | dict[str, Any] | None) -> Optim
 class CausalLMModule(L.LightningModule):
     """Base LightningModule owning one trainable causal LM (``self.model``).
 
-    The model is given as a `ModelSpec`, a name/path, or a ready ``transformers`` model. A spec or name
-    is loaded in `configure_model`, inside the strategy's initialisation context, so FSDP and
-    DeepSpeed can shard it as it is created. Hyper-parameters are saved as plain data (no pickled
-    classes), so checkpoints load with ``weights_only=True``; ``model_arg`` is the name the subclass
-    gives the model argument (DPO calls it ``policy``).
+    The model is given as a `ModelSpec`, a name/path, or a ready ``transformers`` model (or
+    ``peft.PeftModel``). A spec or name is loaded in `configure_model`, inside the strategy's
+    initialisation context, so FSDP and DeepSpeed can shard it as it is created. Hyper-parameters are
+    saved as plain data (no pickled classes), so checkpoints load with ``weights_only=True``;
+    ``model_arg`` is the name the subclass gives the model argument (DPO calls it ``policy``).
+
+    Checkpoints hold what training changes: every weight of the model, or with adapters (LoRA, QLoRA)
+    the adapter weights only; frozen weights are rebuilt from the model's source when a run resumes.
     """
 
     def __init__(
@@ -41,7 +50,7 @@ class CausalLMModule(L.LightningModule):
     ) -> None:
         super().__init__()
         self.optim = as_optimizer_config(optim)
-        if isinstance(model, PreTrainedModel):
+        if isinstance(model, PreTrainedModel) or adapters.is_peft_model(model):
             self.model_spec: ModelSpec | None = None
             # from_pretrained hands back eval mode; Lightning does not switch it on for us.
             self.model: PreTrainedModel | None = model.train()
@@ -49,9 +58,18 @@ class CausalLMModule(L.LightningModule):
             model_hparam: Any = getattr(model, "name_or_path", None) or type(model).__name__
         else:
             self.model_spec = as_spec(model)
+            problem = trained_spec_problem(self.model_spec.quantization, self.model_spec.peft, self.model_spec.name_or_path)
+            if problem:
+                raise ArgumentError([f"model.{problem[0]}={getattr(self.model_spec, problem[0])!r}: {problem[1]}"])
             self.model = None
             model_hparam = self.model_spec.to_dict()
         self.flops_per_batch: float | None = None  # read by Lightning's ThroughputMonitor
+        # The state-dict keys a checkpoint keeps when only adapters train (None: every model weight).
+        self.adapter_keys: set[str] | None = None
+        self._note_adapters()
+        # Checkpoints leave frozen weights out (a DPO reference, an adapter run's base): loading accepts
+        # their absence, and `on_load_checkpoint` insists on every trained weight instead.
+        self.strict_loading = False
         # Saved under the subclass's own argument name, so load_from_checkpoint can call it back.
         self.save_hyperparameters({model_arg: model_hparam, "optim": asdict(self.optim), **hparams})
 
@@ -69,9 +87,47 @@ class CausalLMModule(L.LightningModule):
         if self.model is None:
             self.model = self.model_spec.load_model()
             self.parameter_count(self.model)
+            self._note_adapters()
+
+    @property
+    def trains_adapters(self) -> bool:
+        """Whether only adapters train (the model is a ``peft.PeftModel``, or its spec makes one)."""
+        if self.model is not None:
+            return adapters.is_peft_model(self.model)
+        return self.model_spec is not None and self.model_spec.trains_adapters
+
+    def _note_adapters(self) -> None:
+        # Names taken before a strategy wraps the model (FSDP's full state dict uses the same clean names).
+        if self.model is not None and adapters.is_peft_model(self.model):
+            self.adapter_keys = {MODEL_PREFIX + name for name in adapters.trainable_parameter_names(self.model)}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("state_dict")
+        if state is None:
+            return
+        keep = self.adapter_keys
+        for key in [k for k in state if (k not in keep if keep is not None else not k.startswith(MODEL_PREFIX))]:
+            del state[key]
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("state_dict")
+        if state is None or self.model is None:
+            return
+        expected = self.adapter_keys
+        if expected is None:
+            expected = {MODEL_PREFIX + k for k in self.model.state_dict()}
+        missing = sorted(expected - set(state))
+        if missing:
+            what = "adapter" if self.adapter_keys is not None else "model"
+            raise KeyError(f"checkpoint lacks {len(missing)} {what} weights, e.g. {missing[:3]}")
+        if self._trainer is None:
+            # `load_from_checkpoint` (no Trainer, nothing sharded): the frozen weights were just rebuilt from
+            # their source; hand their own tensors back so that loading is a no-op for them and Lightning
+            # has no missing keys to warn about. A Trainer restoring a run loads non-strictly without a word.
+            state.update({k: v for k, v in self.state_dict().items() if k not in state})
 
     @staticmethod
-    def parameter_count(model: PreTrainedModel | None) -> int:
+    def parameter_count(model: nn.Module | None) -> int:
         # Cached on the model: under FSDP the live parameters are shards, so count before wrapping.
         if model is None:
             return 0

@@ -12,6 +12,7 @@ from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 
+from zephyr_lightning import adapters
 from zephyr_lightning.arguments import check_arguments, cross_check
 from zephyr_lightning.data.collators import batch_tokens
 from zephyr_lightning.logprobs import PairLogps, pair_logprobs
@@ -31,7 +32,6 @@ METRICS = (
     "logps/rejected",
 )
 PROGRESS_BAR = ("loss", "rewards/accuracies")
-REFERENCE_PREFIX = "reference."
 PRECOMPUTED = ("reference_chosen_logps", "reference_rejected_logps")
 
 
@@ -51,19 +51,31 @@ def _metric_set() -> nn.ModuleDict:
     return nn.ModuleDict({name: torchmetrics.MeanMetric() for name in METRICS})
 
 
-@cross_check(label_smoothing_rule)
+def _shared_reference_dtype_rule(arguments: dict) -> tuple[str, str] | None:
+    """A reference that shares the policy's weights (adapters off) has the policy's dtype."""
+    policy = arguments.get("policy")
+    peft = policy.get("peft") if isinstance(policy, dict) else getattr(policy, "peft", None)
+    shared = peft is not None and arguments.get("reference") is None and not arguments.get("precompute_reference")
+    if shared and arguments.get("reference_dtype") is not None and not arguments.get("reference_free"):
+        return "reference_dtype", ("the reference is the policy's own base with its adapters disabled (model.peft), "
+                                   "so it has the policy's dtype: leave it null")
+    return None
+
+
+@cross_check(label_smoothing_rule, _shared_reference_dtype_rule)
 class DPOModule(CausalLMModule):
     """DPO (Rafailov et al. 2023) as in Zephyr's dDPO stage.
 
     Args:
-        policy: the model to train: a `ModelSpec`, a hub name or local folder, or a ``transformers``
-            causal LM.
-        reference: the frozen reference model. ``None`` rebuilds it from the policy's source (the usual
-            case: reference = the dSFT model the policy starts from); a spec/name loads another model;
+        policy: the model to train: a `ModelSpec` (with ``peft`` and ``quantization`` for LoRA and QLoRA),
+            a hub name or local folder, or a ``transformers`` causal LM or ``peft.PeftModel``.
+        reference: the frozen reference model. ``None`` is the policy's own starting point (the usual
+            case: the dSFT model the policy starts from): rebuilt from the policy's source, or, when the
+            policy trains adapters, no second model at all (see below); a spec/name loads another model;
             a ready model is used as is. Unused with ``reference_free=True``.
         reference_dtype: the dtype of a reference rebuilt from the policy's source (``None``: the
             policy's). The reference is never updated, so ``bfloat16`` halves its memory at no cost to
-            the policy's fp32 master weights.
+            the policy's fp32 master weights. Refused when the reference shares the policy's weights.
         beta: strength of the KL constraint (paper: 0.1; alignment handbook: 0.01).
         loss_type: ``sigmoid`` (DPO), ``ipo`` or ``hinge``; see `dpo_loss`.
         label_smoothing: cDPO's assumed label-noise rate (sigmoid loss only).
@@ -78,6 +90,13 @@ class DPOModule(CausalLMModule):
     The reference is frozen (``requires_grad_(False)``, always in eval mode), kept out of the
     optimizer and out of checkpoints, and rebuilt from its source when a run resumes. It is a
     registered submodule so that it moves and shards with the policy.
+
+    When the policy trains adapters (``ModelSpec(peft=LoraConfig(...))``, an adapter folder, or a ready
+    ``PeftModel``) and ``reference`` is None, the reference shares the policy's weights: a new adapter's
+    starting point is the base, so the reference pass runs the policy with its adapters disabled; an
+    adapter the policy already had is its starting point, so a frozen copy of it is loaded as a second
+    adapter on the same base (`zephyr_lightning.adapters`). One copy of the base either way. With
+    ``precompute_reference`` the starting point is loaded once, before training, to compute the log-probs.
     """
 
     def __init__(
@@ -123,19 +142,24 @@ class DPOModule(CausalLMModule):
         self.reference_cache_dir = reference_cache_dir
         self.reference_spec: ModelSpec | None = None
         self.reference: PreTrainedModel | None = None
+        # The reference pass runs the policy itself (adapters off, or its frozen starting adapter).
+        self.reference_shares_policy = False
         if not reference_free:
             if isinstance(reference, PreTrainedModel):
                 self._set_reference(reference)
             elif reference is not None:
                 self.reference_spec = reference
+            elif self.trains_adapters:
+                self.reference_shares_policy = not self.precompute_reference
+                if self.model_spec is not None:  # what a precomputed reference loads: the starting point
+                    self.reference_spec = self.model_spec.without_adapters().with_dtype(reference_dtype)
             elif self.model_spec is not None:
                 self.reference_spec = self.model_spec.with_dtype(reference_dtype)
             else:
                 # A policy given as a ready model: its current weights are the reference.
                 self._set_reference(copy.deepcopy(self.model))
-        # Checkpoints hold the policy only, so loading them must accept the missing reference keys
-        # (`on_load_checkpoint` still insists on every policy key).
-        self.strict_loading = False
+        if self.reference_shares_policy and self.model is not None:
+            adapters.add_reference_adapter(self.model)  # a ready PeftModel: its adapter is the start
         # Attribute names, not a ModuleDict keyed by stage: "train" would shadow Module.train.
         self.train_metrics = _metric_set()
         self.val_metrics = _metric_set()
@@ -194,6 +218,9 @@ class DPOModule(CausalLMModule):
             return policy._replace(chosen=batch[PRECOMPUTED[0]], rejected=batch[PRECOMPUTED[1]])
         if self.reference_free:
             return policy._replace(chosen=torch.zeros_like(policy.chosen), rejected=torch.zeros_like(policy.rejected))
+        if self.reference_shares_policy:
+            with adapters.reference_forward(self.model):
+                return pair_logprobs(self.model, batch)
         if self.reference is None:
             raise RuntimeError("the reference model is not loaded and the batch carries no precomputed reference log-probs")
         return pair_logprobs(self.reference, batch)
@@ -220,7 +247,13 @@ class DPOModule(CausalLMModule):
         self.reference = model
 
     def configure_model(self) -> None:
+        built = self.model is None
         super().configure_model()
+        if built and self.reference_shares_policy and self.model_spec.peft is None:
+            # The policy continues an adapter folder: that adapter, as loaded, is the starting point.
+            adapters.add_reference_adapter(self.model)
+        if self.reference_shares_policy:
+            return
         if self.reference is None and self.reference_spec is not None and not self.precompute_reference:
             self._set_reference(self.reference_spec.load_model())
 
@@ -241,8 +274,9 @@ class DPOModule(CausalLMModule):
 
     def batch_flops(self, batch: dict[str, Any], training: bool) -> float:
         # The live reference adds one forward pass (2 x its params per token).
-        live = self.reference is not None and PRECOMPUTED[0] not in batch
-        reference = 2 * self.parameter_count(self.reference) * batch_tokens(batch) if live else 0
+        live = (self.reference is not None or self.reference_shares_policy) and PRECOMPUTED[0] not in batch
+        reference_model = self.model if self.reference_shares_policy else self.reference
+        reference = 2 * self.parameter_count(reference_model) * batch_tokens(batch) if live else 0
         return super().batch_flops(batch, training) + reference
 
     # ---- Lightning hooks ------------------------------------------------------------------------
@@ -253,22 +287,3 @@ class DPOModule(CausalLMModule):
         stray = [n for n, m in self.named_modules() if not m.training and not n.startswith("reference")]
         if self.reference is not None and not stray:
             warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode", category=PossibleUserWarning)
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        state = checkpoint.get("state_dict")
-        if state is not None:
-            for key in [k for k in state if k.startswith(REFERENCE_PREFIX)]:
-                del state[key]
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        state = checkpoint.get("state_dict")
-        if state is None or self.model is None:
-            return
-        expected = {f"model.{k}" for k in self.model.state_dict()}
-        missing = sorted(expected - set(state))
-        if missing:
-            raise KeyError(f"checkpoint lacks {len(missing)} policy weights, e.g. {missing[:3]}")
-        if self.reference is not None:
-            # The reference was just rebuilt from its source; hand its own tensors back so that loading
-            # is a no-op for it and Lightning has no missing keys to warn about.
-            state.update(self.reference.state_dict(prefix=REFERENCE_PREFIX))
