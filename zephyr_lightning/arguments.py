@@ -33,7 +33,7 @@ import typing
 from collections.abc import Callable, Iterable, Mapping
 from typing import Annotated, Any
 
-from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 __all__ = [
     "ArgumentError",
@@ -43,6 +43,7 @@ __all__ = [
     "cross_check",
     "declared_arguments",
     "declared_defaults",
+    "describe_error",
     "resolve_target",
     "NonNegative",
     "Positive",
@@ -179,6 +180,12 @@ def _adapter(annotation: Any) -> TypeAdapter | None:
             return None
 
 
+def describe_error(error: dict[str, Any]) -> str:
+    """One of pydantic's errors (an item of ``ValidationError.errors()``) in the words our messages use
+    (``must be > 0``, ``must be one of [...]``): for checks that format their own messages."""
+    return _describe(error)
+
+
 def _describe(error: dict[str, Any]) -> str:
     """pydantic's error in the words our messages use (``must be > 0``, ``must be one of [...]``)."""
     kind, ctx = error.get("type", ""), error.get("ctx") or {}
@@ -257,7 +264,14 @@ def argument_errors(
         try:
             adapter.validate_python(value)
         except ValidationError as err:
-            errors.append(f"{_key(prefix, name)}={value!r}: {_describe(err.errors()[0])}")
+            first = err.errors()[0]
+            loc = first.get("loc", ())
+            if any(isinstance(part, str) for part in loc):
+                # A field of a nested model (data.filters.min_prompt_chars): name it, with its own value.
+                path = "".join(f".{part}" if isinstance(part, str) else f"[{part}]" for part in loc)
+                errors.append(f"{_key(prefix, name)}{path}={first.get('input')!r}: {_describe({**first, 'loc': ()})}")
+            else:
+                errors.append(f"{_key(prefix, name)}={value!r}: {_describe(first)}")
     own = {p.name for p, function in _walk_signature(target) if function is inspect.unwrap(_function_of(target))}
     for name, (parameter, _) in declared.items():
         # A base class's required argument reached through **kwargs may be supplied by the subclass itself.
@@ -302,6 +316,8 @@ def declared_defaults(target: str | Callable) -> dict[str, Any]:
     target = resolve_target(target)
 
     def plain(value: Any) -> Any:
+        if isinstance(value, BaseModel):  # a nested settings model (data.filters): its fields, as config data
+            return plain(value.model_dump())
         if isinstance(value, tuple):
             return [plain(v) for v in value]
         if isinstance(value, Mapping):
