@@ -388,8 +388,8 @@ class ChatDataModule(L.LightningDataModule):
     def _decontamination_summary(self) -> dict[str, Any]:
         config = self.decontamination
         matches = self.contamination()
-        removed = {s.split(": ", 1)[1]: n for s, n in self.stats.get("train", Counter()).items()
-                   if s.startswith("removed: contaminated: ")}
+        prefix = "removed: contaminated: "
+        removed = {s[len(prefix):]: n for s, n in self.stats.get("train", Counter()).items() if s.startswith(prefix)}
         found: dict[str, set[str]] = {}
         for match in matches:
             found.setdefault(match["eval_source"], set()).add(match["question_id"])

@@ -42,7 +42,14 @@ import numpy as np
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from zephyr_lightning.arguments import NonNegativeInt, PositiveInt, describe_error
-from zephyr_lightning.data.schema import Kind, RowConverter, SchemaError, plan_conversion, rename_columns
+from zephyr_lightning.data.schema import (
+    PAYLOAD,
+    Kind,
+    RowConverter,
+    SchemaError,
+    plan_conversion,
+    rename_columns,
+)
 from zephyr_lightning.data.sources import BadLine, load_split_report, split_file
 
 log = logging.getLogger(__name__)
@@ -184,22 +191,20 @@ class MixedSplit:
     unreadable: list[tuple[int, BadLine]] = field(default_factory=list)
 
 
-def _align(parts: list[datasets.Dataset], labels: list[str]) -> list[datasets.Dataset]:
-    """Cast every part to the first one's column types, or refuse naming the sources that differ."""
+def _align(parts: list[datasets.Dataset], labels: list[str], kind: Kind) -> list[datasets.Dataset]:
+    """Cast every part to the first one's column types where that loses nothing (``prompt_id`` numbers to
+    text), or refuse naming the sources whose conversations differ (text that is a number is a bad row of
+    its own source, not something to turn into text)."""
     target = parts[0].features
     out = [parts[0]]
     for part, label in zip(parts[1:], labels[1:]):
-        if part.features == target:
-            out.append(part)
-            continue
-        try:
-            out.append(part.cast(target))
-        except Exception as err:
-            differing = [c for c in target if part.features.get(c) != target[c]]
+        differing = [c for c in target if part.features.get(c) != target[c]]
+        if any(c in PAYLOAD[kind] for c in differing):
             raise SchemaError(
                 f"sources {labels[0]!r} and {label!r} cannot be mixed: column(s) {differing} differ in type "
                 f"({', '.join(f'{c}: {target[c]} vs {part.features.get(c)}' for c in differing)})"
-            ) from err
+            )
+        out.append(part.cast(target) if differing else part)
     return out
 
 
@@ -260,11 +265,12 @@ def load_mixed_split(
                 if status:
                     mixed.statuses[(position, status)] += n
             rows = rows.filter(lambda s: not s, input_columns="_status").remove_columns("_status")
-        loaded.append(rows.add_column("_source", [position] * len(rows)))
-        labels.append(source.path)
+        if len(rows) or not loaded:  # an emptied source adds nothing (and its column types may be unknown)
+            loaded.append(rows.add_column("_source", [position] * len(rows)))
+            labels.append(source.path)
     if not loaded:
         return None
-    rows = loaded[0] if len(loaded) == 1 else datasets.concatenate_datasets(_align(loaded, labels))
+    rows = loaded[0] if len(loaded) == 1 else datasets.concatenate_datasets(_align(loaded, labels, kind))
     if multi:
         rows = rows.shuffle(seed=seed)
     if limit is not None and limit < len(rows):
