@@ -6,32 +6,26 @@ evaluation question (MT-Bench, AlpacaEval or any list `zephyr_lightning.data.que
 - **exact**: the two texts are equal once normalised (`zephyr_lightning.data.normalize`: case,
   punctuation and spacing ignored);
 - **n-gram**: at least ``threshold`` of the evaluation turn's distinct word n-grams (``ngram=13``, as the
-  GPT-3 and Llama 2 contamination studies used) occur in one training row. An evaluation turn shorter
+  GPT-3 contamination study used) occur in one training row. An evaluation turn shorter
   than ``ngram`` words has no n-gram and is matched exactly only.
 
-`EvalIndex` holds the evaluation side; `EvalIndex.find` checks a batch of training rows with numpy: the
-words of a batch become ids in the evaluation vocabulary (a word the evaluation set never uses can be
-part of no shared n-gram, so it becomes a separator), every window of ``ngram`` ids is hashed at once
-(a polynomial hash over 64-bit integers), and only the windows whose hash is an evaluation n-gram's are
-looked at in Python. 200k rows against 1k evaluation prompts: `benchmarks/decontamination.py`.
+`EvalIndex` holds the evaluation side: every evaluation n-gram (a tuple of words) in a dict, so a training
+row costs one lookup per n-gram of its texts, whatever the number of evaluation prompts. Splitting the text
+into words is most of the time (200k rows against 1k evaluation prompts: `benchmarks/decontamination.py`;
+a numpy version hashing all windows at once was no faster, so the plain one stays).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from itertools import repeat
 from typing import Annotated, Any
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from zephyr_lightning.arguments import PositiveInt
 from zephyr_lightning.data.normalize import words
-
-# Odd 64-bit multiplier of the window hash (any odd constant with mixed bits works; arithmetic wraps mod 2**64).
-_BASE = np.uint64(0x9E3779B97F4A7C15)
 
 
 class QuestionSource(BaseModel):
@@ -85,19 +79,9 @@ class Match:
     overlap: float  # share of the evaluation turn's n-grams found (1.0 for an exact match)
 
 
-def window_hashes(ids: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """The hash of every window of ``n`` consecutive ids, and whether the window holds no 0 (a word outside
-    the evaluation vocabulary, or the separator between texts)."""
-    count = len(ids) - n + 1
-    if count <= 0:
-        return np.empty(0, np.uint64), np.empty(0, bool)
-    values = ids.astype(np.uint64)
-    hashes = np.zeros(count, np.uint64)
-    for k in range(n):  # Horner's rule over the window, all windows at once (uint64 wraps around)
-        hashes = hashes * _BASE + values[k : k + count]
-    zeros = np.concatenate(([0], np.cumsum(ids == 0)))
-    valid = zeros[n : n + count] == zeros[:count]
-    return hashes, valid
+def ngrams(tokens: Sequence[str], n: int) -> Iterator[tuple[str, ...]]:
+    """Every run of ``n`` consecutive words, as tuples (made by ``zip``, without a Python loop per word)."""
+    return zip(*[tokens[k:] for k in range(n)])
 
 
 class EvalIndex:
@@ -108,23 +92,18 @@ class EvalIndex:
         self.ngram = ngram
         self.threshold = threshold
         self.exact: dict[str, list[int]] = {}
-        self.vocab: dict[str, int] = {}
-        self.needed: list[int] = []  # per text: how many distinct n-grams make a match (0: too short)
-        self.ngram_counts: list[int] = []
-        by_hash: dict[int, list[int]] = {}
+        self.grams: dict[tuple[str, ...], list[int]] = {}  # an evaluation n-gram -> the texts that have it
+        self.ngram_counts: list[int] = []  # per text: its distinct n-grams
+        self.needed: list[int] = []  # per text: how many of them make a match (0: too short for any)
         for index, item in enumerate(self.texts):
             tokens = words(item.text)
             if tokens:
                 self.exact.setdefault(" ".join(tokens), []).append(index)
-            ids = np.array([self.vocab.setdefault(w, len(self.vocab) + 1) for w in tokens], dtype=np.int64)
-            hashes, _ = window_hashes(ids, ngram)
-            distinct = set(hashes.tolist())
+            distinct = set(ngrams(tokens, ngram))
             self.ngram_counts.append(len(distinct))
             self.needed.append(max(1, math.ceil(threshold * len(distinct) - 1e-9)) if distinct else 0)
-            for value in distinct:
-                by_hash.setdefault(value, []).append(index)
-        self._by_hash = by_hash
-        self._sorted_hashes = np.array(sorted(by_hash), dtype=np.uint64)
+            for gram in distinct:
+                self.grams.setdefault(gram, []).append(index)
 
     @classmethod
     def from_config(cls, config: Decontamination) -> EvalIndex:
@@ -144,43 +123,22 @@ class EvalIndex:
 
     def find(self, rows: Sequence[Sequence[str]]) -> list[list[Match]]:
         """For each training row (its texts: prompt, user turns), the evaluation texts it matches."""
-        found: list[dict[int, Match]] = [{} for _ in rows]
-        owners: list[int] = []  # the row of each text that is long enough for n-grams
-        starts: list[int] = []
-        ids: list[int] = []
-        get = self.vocab.get
-        for row, texts in enumerate(rows):
+        out = []
+        grams, n = self.grams, self.ngram
+        for texts in rows:
+            found: dict[int, Match] = {}
+            shared: dict[int, set[tuple[str, ...]]] = {}
             for text in texts:
                 tokens = words(text)
                 for index in self.exact.get(" ".join(tokens), ()):
-                    found[row][index] = Match(index, "exact", 1.0)
-                if len(tokens) >= self.ngram and self._by_hash:
-                    owners.append(row)
-                    starts.append(len(ids))
-                    ids.extend(map(get, tokens, repeat(0)))
-                    ids.append(0)  # texts never share a window
-        if ids:
-            self._ngram_matches(np.array(ids, dtype=np.int64), np.array(starts), owners, found)
-        return [sorted(matches.values(), key=lambda m: m.eval_index) for matches in found]
-
-    def _ngram_matches(self, ids: np.ndarray, starts: np.ndarray, owners: list[int], found: list[dict[int, Match]]) -> None:
-        hashes, valid = window_hashes(ids, self.ngram)
-        positions = np.flatnonzero(valid)
-        candidates = hashes[positions]
-        slots = np.searchsorted(self._sorted_hashes, candidates)
-        slots[slots == len(self._sorted_hashes)] = 0
-        hits = positions[self._sorted_hashes[slots] == candidates]
-        if len(hits) == 0:
-            return
-        text_of_hit = np.searchsorted(starts, hits, side="right") - 1
-        shared: dict[tuple[int, int], set[int]] = {}
-        for position, text in zip(hits.tolist(), text_of_hit.tolist()):
-            value = int(hashes[position])
-            row = owners[text]
-            for index in self._by_hash[value]:
-                shared.setdefault((row, index), set()).add(value)
-        kind = f"{self.ngram}-gram"
-        for (row, index), values in shared.items():
-            if index in found[row] or len(values) < self.needed[index]:
-                continue
-            found[row][index] = Match(index, kind, len(values) / self.ngram_counts[index])
+                    found[index] = Match(index, "exact", 1.0)
+                if len(tokens) < n or not grams:
+                    continue
+                for gram in [g for g in ngrams(tokens, n) if g in grams]:  # almost always empty
+                    for index in grams[gram]:
+                        shared.setdefault(index, set()).add(gram)
+            for index, hits in shared.items():
+                if index not in found and len(hits) >= self.needed[index]:
+                    found[index] = Match(index, f"{n}-gram", len(hits) / self.ngram_counts[index])
+            out.append(sorted(found.values(), key=lambda m: m.eval_index))
+        return out
