@@ -273,7 +273,7 @@ def _naive_matches(rows: list[list[str]], texts: list[str], n: int, threshold: f
 
 
 @pytest.mark.parametrize("n,threshold", [(13, 0.5), (4, 0.2), (3, 1.0)])
-def test_vectorised_matching_equals_the_definition(n, threshold):
+def test_index_matching_equals_the_definition(n, threshold):
     rng = random.Random(n)
     vocab = [f"w{i}" for i in range(40)]
     texts = [" ".join(rng.choice(vocab) for _ in range(rng.randint(2, 40))) for _ in range(30)]

@@ -81,7 +81,7 @@ def load_prompt_set(
     removed.update(mixed.statuses)
     prompts: list[Prompt] = []
     seen: set[str] = set()
-    for prompt_id, text, position in zip(cleaned.rows["prompt_id"], cleaned.rows["prompt"], cleaned.rows["_source"]):
+    for prompt_id, text, position in zip(cleaned.rows["prompt_id"][:], cleaned.rows["prompt"][:], cleaned.rows["_source"][:]):
         if prompt_id in seen:  # the same text: generation keys its rows by prompt_id, whatever `deduplicate` says
             removed[(position, "removed: duplicate row")] += 1
             continue

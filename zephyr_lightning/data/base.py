@@ -296,7 +296,7 @@ class ChatDataModule(L.LightningDataModule):
             data = self._tokenized(key)
             per_source: Counter = Counter()
             if data is not None:
-                per_source.update(zip(data["_source"], data["status"]))
+                per_source.update(zip(data["_source"][:], data["status"][:]))  # [:]: lists, not lazy columns
             per_source.update(prepared.mixed.statuses)  # unreadable lines and rows the conversion left out
             per_source.update(prepared.cleaned.removed)  # filtered, duplicate and contaminated rows
             statuses: Counter = Counter()

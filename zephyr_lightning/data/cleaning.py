@@ -93,14 +93,25 @@ class Filters(BaseModel):
                 raise ValueError(f"min_{what}_chars={low} is more than max_{what}_chars={high}")
         return self
 
-    def disclaimer_pattern(self) -> re.Pattern | None:
-        if not self.model_disclaimer or not self.disclaimer_phrases:
-            return None
-        parts = []
-        for phrase in self.disclaimer_phrases:
-            pieces = [re.escape(piece) for piece in phrase.split()]
-            parts.append(r"\s+".join(pieces).replace("'", "['\u2019]"))
-        return re.compile(r"(?<!\w)(?:" + "|".join(parts) + r")(?!\w)", re.IGNORECASE)
+    def disclaimer_matcher(self) -> PhraseMatcher | None:
+        return PhraseMatcher(self.disclaimer_phrases) if self.model_disclaimer and self.disclaimer_phrases else None
+
+
+class PhraseMatcher:
+    """Finds any of some phrases in a text: case-insensitive, as whole words, with any apostrophe and spacing.
+
+    One regular expression does it; a text that lacks the longest word of every phrase is passed over
+    without it (a substring test per phrase: most of the time on long answers, where the expression is slow).
+    """
+
+    def __init__(self, phrases: Sequence[str]) -> None:
+        parts = [r"\s+".join(re.escape(piece) for piece in phrase.split()).replace("'", "['\u2019]") for phrase in phrases]
+        self.pattern = re.compile(r"(?<!\w)(?:" + "|".join(parts) + r")(?!\w)", re.IGNORECASE)
+        self.anchors = tuple({max(re.findall(r"\w+", phrase.lower()), key=len) for phrase in phrases})
+
+    def search(self, text: str) -> bool:
+        lowered = text.lower()
+        return any(anchor in lowered for anchor in self.anchors) and self.pattern.search(text) is not None
 
 
 DEFAULT_FILTERS = Filters()
@@ -152,7 +163,7 @@ def view_row(row: dict[str, Any], kind: Kind) -> RowView | None:
     return RowView(prompt, users, disclaimer, responses, final_role, identity)
 
 
-def filter_reason(view: RowView, kind: Kind, filters: Filters, disclaimer: re.Pattern | None) -> str | None:
+def filter_reason(view: RowView, kind: Kind, filters: Filters, disclaimer: PhraseMatcher | None) -> str | None:
     """The name of the first filter that removes the row, or None."""
     if kind == "sft" and filters.final_assistant and view.final_role != "assistant":
         return "filter: no final assistant turn"
@@ -195,7 +206,7 @@ def clean_split(
 ) -> CleanedSplit:
     """Apply the rules of the module docstring to ``rows`` (a mixed split with ``_source`` and ``_index``)."""
     filters = filters or Filters()
-    disclaimer = filters.disclaimer_pattern()
+    disclaimer = filters.disclaimer_matcher()
     n = len(rows)
     reasons: list[str | None] = [None] * n
     prompts: list[str | None] = [None] * n  # normalised, for well-formed rows
@@ -231,7 +242,7 @@ def clean_split(
             given = batch["prompt_id"][i] if "prompt_id" in batch else None
             ids[at] = str(given) if given not in (None, "") else None
         position += size
-    sources = rows["_source"]
+    sources = rows["_source"][:]  # [:]: a list; a lazy column reads one row per index
     if deduplicate != "off":
         _deduplicate(rows, deduplicate, reasons, prompts, identities, ids, test_prompts, sources)
     removed: Counter = Counter()
@@ -248,7 +259,7 @@ def clean_split(
 
 def _deduplicate(rows, mode, reasons, prompts, identities, ids, test_prompts, sources) -> None:
     # Decisions in mixture order (source position, then row index), whatever order the split is in.
-    indices = rows["_index"]
+    indices = rows["_index"][:]
     order = sorted(range(len(rows)), key=lambda at: (sources[at], indices[at]))
     seen_rows: set[int] = set()
     seen_prompts: set[str] = set()

@@ -261,7 +261,7 @@ def load_mixed_split(
         if plan.converts or multi:
             converter = RowConverter(kind, plan, seed=seed, on_bad_row=on_bad_row, where=where)
             rows = rows.map(converter, batched=True, remove_columns=rows.column_names, desc=f"reading {where}")
-            for status, n in Counter(rows["_status"]).items():
+            for status, n in Counter(rows["_status"][:]).items():
                 if status:
                     mixed.statuses[(position, status)] += n
             rows = rows.filter(lambda s: not s, input_columns="_status").remove_columns("_status")
