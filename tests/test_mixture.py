@@ -33,6 +33,7 @@ from zephyr_lightning.modelcard import RunRecords, render_card
 from zephyr_lightning.validation import validate_config
 
 ROOT = Path(__file__).resolve().parent.parent
+DOC = ROOT / "docs" / "data_errors.md"
 DATA = Path(__file__).resolve().parent / "data" / "mixture"
 CHAT_A, CHAT_B, PREFS_A, FEEDBACK = (str(DATA / name) for name in ("chat_a", "chat_b", "prefs_a", "feedback"))
 B_SPLITS = {"train_split": "train", "test_split": "test"}
@@ -230,6 +231,33 @@ def test_filters_on_preference_pairs_read_the_chosen_answer_and_lengths(tokenize
                                                 "filter: response shorter than min_response_chars": len(too_short)}
 
 
+@pytest.mark.parametrize("name,bound", [("min_prompt_chars", 30), ("max_prompt_chars", 30), ("min_response_chars", 60),
+                                        ("max_response_chars", 60)])
+def test_length_filters_each_count_under_their_name(tokenizer, name, bound):
+    rows = _rows(DATA / "chat_a" / "train_sft.jsonl")
+    what, side = name.split("_")[1], name.split("_")[0]
+    def length_out(r):  # the rule, by hand: the prompt, or any assistant turn, past the bound
+        lengths = [len(r["prompt"])] if what == "prompt" else [len(t["content"]) for t in r["messages"] if t["role"] == "assistant"]
+        return any(n < bound for n in lengths) if side == "min" else any(n > bound for n in lengths)
+    expected = sum(map(length_out, rows))
+    assert 0 < expected < len(rows)
+    dm = _sft(tokenizer, path=CHAT_A, val_split=None, deduplicate="off", filters={**NO_FILTERS, name: bound})
+    relation = "shorter than" if side == "min" else "longer than"
+    assert dm.summary()["train"]["removed"] == {f"filter: {what} {relation} {name}": expected}
+
+
+def test_a_row_count_above_the_split_is_refused_naming_the_source(tokenizer):
+    with pytest.raises(SchemaError, match=r"chat_a \[train_sft\]: rows=50, but the split has 12 rows"):
+        _sft(tokenizer, mixture={CHAT_A: 50, CHAT_B: B_SPLITS})
+
+
+def test_a_single_file_in_a_mixture_is_a_train_split_only(tokenizer):
+    file = str(DATA / "chat_a" / "train_sft.jsonl")
+    dm = _sft(tokenizer, mixture={file: 1.0, CHAT_B: B_SPLITS}, filters=NO_FILTERS, deduplicate="off")
+    a, b = dm.summary()["mixture"]
+    assert (a["train"]["taken"], a["val"]["taken"], b["val"]["taken"]) == (12, 0, 2)
+
+
 # ---------------------------------------------------------------------------------- decontamination
 
 
@@ -322,6 +350,7 @@ def test_aif_prompts_take_a_mixture_with_the_same_cleaning():
     ({"path": None, "mixture": {CHAT_A: 1.5}}, "source '" + CHAT_A + "': 1.5 is neither a fraction (<= 1) nor a whole row count"),
     ({"path": None, "mixture": {CHAT_A: {"fraction": 0.5, "rows": 3}}}, "source '" + CHAT_A + "': give fraction or rows, not both"),
     ({"path": None, "mixture": [{"path": CHAT_A, "fraction": 2}]}, "source '" + CHAT_A + "': fraction=2: must be <= 1"),
+    ({"path": None, "mixture": [CHAT_A, {"path": CHAT_A, "rows": 3}]}, "source '" + CHAT_A + "' is listed twice"),
     ({"path": CHAT_A, "filters": {"min_prompt_chars": -1}}, "data.filters.min_prompt_chars=-1: must be >= 0"),
     ({"path": CHAT_A, "filters": {"min_prompt_chars": 9, "max_prompt_chars": 3}}, "min_prompt_chars=9 is more than max_prompt_chars=3"),
     ({"path": CHAT_A, "decontamination": {"questions": ["q.jsonl"], "threshold": 0}}, "data.decontamination.threshold=0: must be > 0"),
@@ -385,3 +414,34 @@ def test_train_command_with_a_mixture_writes_the_counts_and_the_matches(tmp_path
     log = (tmp_path / "train.log").read_text()
     assert "(fraction 1): 12 of 12 rows taken, 9 used" in log and "1 contaminated: 13-gram overlap" in log
     assert "contaminated: exact match: 1" in (tmp_path / "hf" / "README.md").read_text()
+
+
+# Each case of docs/data_errors.md's mixture table -> the test that shows it.
+DOCUMENTED = {
+    "removed: contaminated: exact match": test_planted_contamination_is_found_by_exact_match_and_by_13_gram_overlap,
+    "removed: contaminated: 13-gram overlap": test_planted_contamination_is_found_by_exact_match_and_by_13_gram_overlap,
+    "removed: filter: no final assistant turn": test_duplicates_test_overlap_and_filters_are_removed_and_counted_by_source,
+    "removed: filter: model disclaimer": test_filters_on_preference_pairs_read_the_chosen_answer_and_lengths,
+    "removed: filter: prompt shorter than min_prompt_chars": test_length_filters_each_count_under_their_name,
+    "removed: filter: prompt longer than max_prompt_chars": test_length_filters_each_count_under_their_name,
+    "removed: filter: response shorter than min_response_chars": test_length_filters_each_count_under_their_name,
+    "removed: filter: response longer than max_response_chars": test_length_filters_each_count_under_their_name,
+    "removed: prompt in test split": test_duplicates_test_overlap_and_filters_are_removed_and_counted_by_source,
+    "removed: duplicate row": test_repeated_prompt_ids_and_exact_duplicate_rows_of_one_file,
+    "removed: duplicate prompt_id": test_repeated_prompt_ids_and_exact_duplicate_rows_of_one_file,
+    "removed: duplicate prompt": test_duplicates_test_overlap_and_filters_are_removed_and_counted_by_source,
+    "removed: binarize: all scores tie": test_ultrafeedback_completions_are_binarized_the_zephyr_way,
+    "refused: bad column mapping": test_a_bad_mapping_is_refused_naming_the_source,
+    "refused: unknown schema": test_a_source_in_no_known_schema_is_refused_naming_it_and_its_columns,
+    "refused: column types differ": test_sources_whose_columns_differ_in_type_are_refused_naming_both,
+    "refused: too few rows": test_a_row_count_above_the_split_is_refused_naming_the_source,
+    "refused: mixture setting": test_settings_are_checked_by_their_declarations,
+    "warning: one file is train and test": test_a_file_that_is_both_train_and_test_is_not_emptied,
+}
+
+
+def test_every_documented_mixture_case_has_a_test():
+    section = DOC.read_text().split("## Mixtures, duplicates, filters and evaluation prompts", 1)[1]
+    documented = re.findall(r"^\| `([^`]+)` \|", section, flags=re.M)
+    assert sorted(documented) == sorted(DOCUMENTED)
+    assert all(test.__name__.startswith("test_") for test in DOCUMENTED.values())

@@ -243,6 +243,7 @@ class ChatDataModule(L.LightningDataModule):
         mixed = load_mixed_split(
             self.sources, test=test, kind=self.kind, default_split=split, seed=self.seed,
             on_bad_row=self.on_bad_row, cache_dir=self.cache_dir, limit=self.max_samples[stage],
+            files_have_test_rows=not self.mixture,
         )
         if mixed is None:
             return None

@@ -19,7 +19,8 @@ Semantics (the handbook's ``mix_datasets``, except where noted):
   handbook rounds) or ``rows`` rows. The handbook takes the *first* rows; here they are a random sample
   seeded by ``data.seed`` and the source, so a sorted file still gives a fair sample;
 - test splits are concatenated whole (the handbook never subsamples them, so models compare on the same
-  rows), unless an entry limits its own with ``test_rows``;
+  rows), unless an entry limits its own with ``test_rows``. A source that is a single local file has no
+  test split (a folder with ``train.jsonl`` and ``test.jsonl`` has both);
 - with more than one source the result is shuffled (seeded); a single source keeps its file order;
 - each source's rows are converted to the kind's schema (`zephyr_lightning.data.schema`) and checked
   as a single source's are.
@@ -50,7 +51,7 @@ from zephyr_lightning.data.schema import (
     plan_conversion,
     rename_columns,
 )
-from zephyr_lightning.data.sources import BadLine, load_split_report, split_file
+from zephyr_lightning.data.sources import BadLine, load_split_report, resolve_path, split_file
 
 log = logging.getLogger(__name__)
 
@@ -219,11 +220,14 @@ def load_mixed_split(
     cache_dir: str | None = None,
     limit: int | None = None,
     field: str | None = None,
+    files_have_test_rows: bool = False,
 ) -> MixedSplit | None:
     """The train (``test=False``) or test split of a mixture (module docstring); None when no source has one.
 
     ``default_split`` is the split of sources that name none; ``limit`` keeps the first N rows of the
-    result (quick runs); ``field`` is the prompt column of ``kind="prompts"``.
+    result (quick runs); ``field`` is the prompt column of ``kind="prompts"``. A source that is one local
+    file is a train split only (the same rows would be validated on), unless ``files_have_test_rows``
+    (``data.path=file.jsonl``, which has always validated on its own file).
     """
     parts: list[SourcePart] = []
     loaded: list[datasets.Dataset] = []
@@ -235,6 +239,8 @@ def load_mixed_split(
         part = SourcePart(split)
         parts.append(part)
         if split is None or (test and source.test_rows == 0) or (not test and source.fraction == 0):
+            continue
+        if test and not files_have_test_rows and Path(resolve_path(source.path)).is_file():
             continue
         where = f"{source.path} [{split}]"
         part.file = split_file(source.path, split)
