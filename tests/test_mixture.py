@@ -341,6 +341,30 @@ def test_aif_prompts_take_a_mixture_with_the_same_cleaning():
         str(alpaca): [prompt_id_of(_rows(alpaca)[0]["instruction"])], str(questions): ["101"]}
 
 
+def test_aif_command_reads_a_prompt_mixture_and_writes_its_counts_and_matches(tmp_path):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from zephyr_lightning.aif.__main__ import CONF_DIR, run
+
+    overrides = [
+        "step=generate", "prompts.path=null", "prompts.limit=2", "generate.models.tiny_b=null",
+        "generate.num_completions=1", "generate.models.tiny_a.max_new_tokens=2",
+        f'prompts.mixture=[{{path: "{CHAT_A}", fraction: 1.0, train_split: train_sft}}, {{path: "{FEEDBACK}"}}]',
+        f'prompts.decontamination={{questions: ["{DATA / "questions.jsonl"}"]}}',
+        f"run_dir={tmp_path}", "progress_bar=false",
+    ]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = hydra_compose("aif", overrides=overrides)
+    summary = run(cfg)
+    assert summary["generate"]["rows_written"] == 2 and summary["prompts"]["prompts"] == 2
+    assert [s["path"] for s in summary["prompts"]["sources"]] == [CHAT_A, FEEDBACK]
+    assert json.loads((tmp_path / "summary.json").read_text())["prompts"]["decontamination"]["matched_question_ids"] == {
+        str(DATA / "questions.jsonl"): ["101"]}
+    matches = [json.loads(line) for line in (tmp_path / "decontamination.jsonl").read_text().splitlines()]
+    assert [(m["source"], m["row"], m["question_id"]) for m in matches] == [(CHAT_A, 9, "101")]
+
+
 # -------------------------------------------------------------------------------------- configuration
 
 
