@@ -29,6 +29,7 @@ import functools
 import importlib
 import inspect
 import sys
+import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
 from typing import Annotated, Any
@@ -218,6 +219,15 @@ def _describe(error: dict[str, Any]) -> str:
     return str(error.get("msg", "invalid value")).replace("Input should be", "must be")
 
 
+def _is_model(annotation: Any) -> bool:
+    """Whether an annotation is a pydantic model (or an optional one): its errors' locations are field names."""
+    while typing.get_origin(annotation) is Annotated:
+        annotation = typing.get_args(annotation)[0]
+    union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+    options = [a for a in typing.get_args(annotation) if a is not type(None)] if union else [annotation]
+    return len(options) == 1 and inspect.isclass(options[0]) and issubclass(options[0], BaseModel)
+
+
 def _key(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
 
@@ -266,8 +276,8 @@ def argument_errors(
         except ValidationError as err:
             first = err.errors()[0]
             loc = first.get("loc", ())
-            if any(isinstance(part, str) for part in loc):
-                # A field of a nested model (data.filters.min_prompt_chars): name it, with its own value.
+            if _is_model(declared[name][1]) and any(isinstance(part, str) for part in loc):
+                # A field of a nested settings model (data.filters.min_prompt_chars): name it, with its value.
                 path = "".join(f".{part}" if isinstance(part, str) else f"[{part}]" for part in loc)
                 errors.append(f"{_key(prefix, name)}{path}={first.get('input')!r}: {_describe({**first, 'loc': ()})}")
             else:
