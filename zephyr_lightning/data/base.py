@@ -139,7 +139,7 @@ class ChatDataModule(L.LightningDataModule):
         mixture: several sources, each with a fraction or a row count (`zephyr_lightning.data.mixture`);
             replaces ``path``.
         deduplicate: ``prompt`` (one row per normalised prompt: duplicate rows, repeated prompt_ids and
-            prompts repeated within or across sources are removed) , ``row`` (only duplicate rows: data with
+            prompts repeated within or across sources are removed), ``row`` (only duplicate rows: data with
             several pairs per prompt) or ``off``; with ``prompt`` and ``row``, training rows whose prompt is a
             test prompt are removed too (`zephyr_lightning.data.cleaning`).
         decontamination: evaluation questions to keep out of the training split
