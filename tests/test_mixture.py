@@ -251,6 +251,11 @@ def test_a_row_count_above_the_split_is_refused_naming_the_source(tokenizer):
         _sft(tokenizer, mixture={CHAT_A: 50, CHAT_B: B_SPLITS})
 
 
+def test_a_mixture_without_training_rows_is_refused(tokenizer):
+    with pytest.raises(ValueError, match=r"no source gives training rows"):
+        _sft(tokenizer, mixture={CHAT_A: 0.0, CHAT_B: {"fraction": 0, **B_SPLITS}})
+
+
 def test_a_single_file_in_a_mixture_is_a_train_split_only(tokenizer):
     file = str(DATA / "chat_a" / "train_sft.jsonl")
     dm = _sft(tokenizer, mixture={file: 1.0, CHAT_B: B_SPLITS}, filters=NO_FILTERS, deduplicate="off")
@@ -459,6 +464,7 @@ DOCUMENTED = {
     "refused: unknown schema": test_a_source_in_no_known_schema_is_refused_naming_it_and_its_columns,
     "refused: column types differ": test_sources_whose_columns_differ_in_type_are_refused_naming_both,
     "refused: too few rows": test_a_row_count_above_the_split_is_refused_naming_the_source,
+    "refused: no training rows": test_a_mixture_without_training_rows_is_refused,
     "refused: mixture setting": test_settings_are_checked_by_their_declarations,
     "warning: one file is train and test": test_a_file_that_is_both_train_and_test_is_not_emptied,
 }

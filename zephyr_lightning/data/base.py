@@ -246,6 +246,8 @@ class ChatDataModule(L.LightningDataModule):
             files_have_test_rows=not self.mixture,
         )
         if mixed is None:
+            if not test:
+                raise ValueError(f"{self.source_label}: no source gives training rows (a fraction of 0 for every one?)")
             return None
         test_prompts = None
         if not test and self.deduplicate != "off" and (val := self.prepared("val")) is not None:

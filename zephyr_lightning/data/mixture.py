@@ -209,6 +209,11 @@ def _align(parts: list[datasets.Dataset], labels: list[str], kind: Kind) -> list
     return out
 
 
+def _empty(mixed: MixedSplit) -> MixedSplit:
+    mixed.rows = datasets.Dataset.from_dict({"_source": [], "_index": []})
+    return mixed
+
+
 def load_mixed_split(
     sources: Sequence[MixtureSource],
     *,
@@ -234,6 +239,7 @@ def load_mixed_split(
     labels: list[str] = []
     mixed = MixedSplit(rows=None, sources=tuple(sources), parts=parts)  # type: ignore[arg-type]
     multi = len(sources) > 1
+    attempted = False  # some source has the split
     for position, source in enumerate(sources):
         split = (source.test_split if test else source.train_split) or default_split
         part = SourcePart(split)
@@ -243,11 +249,14 @@ def load_mixed_split(
         if test and not files_have_test_rows and Path(resolve_path(source.path)).is_file():
             continue
         where = f"{source.path} [{split}]"
+        attempted = True
         part.file = split_file(source.path, split)
         report = load_split_report(source.path, split, name=source.name, cache_dir=cache_dir, on_bad_line=on_bad_row)
         for line in report.bad_lines:
             mixed.statuses[(position, f"bad: {line.kind}")] += 1
             mixed.unreadable.append((position, line))
+        if len(report.rows) == 0:  # nothing readable (every line skipped): counted above, no schema to check
+            continue
         rows = rename_columns(report.rows, source.columns, where)
         plan = plan_conversion(rows.features, kind, where, field)
         part.available = len(rows)
@@ -275,7 +284,8 @@ def load_mixed_split(
             loaded.append(rows.add_column("_source", [position] * len(rows)))
             labels.append(source.path)
     if not loaded:
-        return None
+        # No source has the split (None), or every one that has it was unreadable or emptied: no rows.
+        return _empty(mixed) if attempted else None
     rows = loaded[0] if len(loaded) == 1 else datasets.concatenate_datasets(_align(loaded, labels, kind))
     if multi:
         rows = rows.shuffle(seed=seed)
