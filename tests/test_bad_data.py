@@ -115,7 +115,8 @@ def test_every_documented_case_has_a_test():
 
 def _bad_row(kind: str, case_id: str, mutate) -> dict:
     prompt_id = f"{BAD_ID}-{case_id}"
-    row = pref_row("Broken?", "Yes.", "No.", prompt_id=prompt_id) if kind == "prefs" else sft_row("Broken?", "Yes.", prompt_id)
+    prompt = f"Broken {case_id}?"  # distinct: rows with one prompt would be duplicates (data.deduplicate)
+    row = pref_row(prompt, "Yes.", "No.", prompt_id=prompt_id) if kind == "prefs" else sft_row(prompt, "Yes.", prompt_id)
     mutate(row)
     return row
 

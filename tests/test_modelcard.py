@@ -20,7 +20,7 @@ from tests.fake_hub import FakeHub
 from tests.helpers import compose
 from train import train
 from zephyr_lightning import PreferenceDataModule
-from zephyr_lightning.callbacks import HFExport
+from zephyr_lightning.callbacks import DataSummary, HFExport
 from zephyr_lightning.export import main as export_main
 from zephyr_lightning.modelcard import RunRecords, render_card
 
@@ -110,7 +110,7 @@ def test_sft_card_names_what_the_run_used(sft_run):
                 "| loss | mean negative log-likelihood per scored token, on assistant tokens |", "| precision | 32-true |"):
         assert row in card, row
     summary = json.loads((run_dir / "data_summary.json").read_text())
-    for split, counts in summary.items():
+    for split, counts in DataSummary.splits(summary).items():
         assert f"| {split} | {counts['source']} | {counts['split']} | {counts['rows']} | {counts['used']} |" in card
     assert "val/loss" in metrics
     for name, value in metrics.items():

@@ -100,9 +100,9 @@ def test_malformed_row_names_prompt_id(tmp_path, tokenizer, mutate, match):
 def test_local_folder_with_split_files_and_parquet(tmp_path, tokenizer):
     import datasets
 
-    rows = [pref_row(f"Q{i}?", "Yes.", "No.") for i in range(4)]
-    write_jsonl(tmp_path / "prefs" / "train_prefs.jsonl", rows)
-    datasets.Dataset.from_list(rows[:2]).to_parquet(str(tmp_path / "prefs" / "test_prefs.parquet"))
+    rows = [pref_row(f"Q{i}?", "Yes.", "No.") for i in range(6)]
+    write_jsonl(tmp_path / "prefs" / "train_prefs.jsonl", rows[:4])
+    datasets.Dataset.from_list(rows[4:]).to_parquet(str(tmp_path / "prefs" / "test_prefs.parquet"))
     dm = PreferenceDataModule(str(tmp_path / "prefs"), tokenizer)
     dm.setup("fit")
     assert len(dm.datasets["train"]) == 4 and len(dm.datasets["val"]) == 2
@@ -119,7 +119,8 @@ def test_missing_split_and_bad_settings_are_named(tmp_path, tokenizer):
 
 
 def test_builtin_data_set_loads(tokenizer):
-    dm = PreferenceDataModule("builtin:tiny_prefs", tokenizer, max_length=256, max_prompt_length=128)
+    # The toy pairs repeat questions (conf/data/tiny_prefs.yaml): all 400 + 80 rows load without deduplication.
+    dm = PreferenceDataModule("builtin:tiny_prefs", tokenizer, max_length=256, max_prompt_length=128, deduplicate="off")
     dm.setup("fit")
     assert len(dm.datasets["train"]) == 400 and len(dm.datasets["val"]) == 80
     assert dm.stats["train"]["ok"] == 400

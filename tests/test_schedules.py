@@ -54,7 +54,7 @@ def test_lightning_steps_the_schedule_once_per_optimizer_step(tmp_path, tokenize
     """In a real run (gradient accumulation 2) the optimizer sees the formula's rate at each of its steps,
     starting at 0 (transformers' warmup; the old schedule started one step ahead)."""
     data = PreferenceDataModule("builtin:tiny_prefs", tokenizer, batch_size=1, max_length=48, max_prompt_length=24,
-                                max_train_samples=12, max_val_samples=1)
+                                max_train_samples=12, max_val_samples=1, deduplicate="off")
     module = DPOModule("builtin:tiny-mistral", reference_free=True, optim=OptimizerConfig(lr=1e-3, warmup_ratio=0.4))
     rates = _LearningRates()
     trainer = L.Trainer(default_root_dir=tmp_path, accelerator="cpu", devices=1, logger=False, max_epochs=1,

@@ -29,11 +29,12 @@ import functools
 import importlib
 import inspect
 import sys
+import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
 from typing import Annotated, Any
 
-from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 __all__ = [
     "ArgumentError",
@@ -43,6 +44,7 @@ __all__ = [
     "cross_check",
     "declared_arguments",
     "declared_defaults",
+    "describe_error",
     "resolve_target",
     "value_problem",
     "NonNegative",
@@ -180,6 +182,12 @@ def _adapter(annotation: Any) -> TypeAdapter | None:
             return None
 
 
+def describe_error(error: dict[str, Any]) -> str:
+    """One of pydantic's errors (an item of ``ValidationError.errors()``) in the words our messages use
+    (``must be > 0``, ``must be one of [...]``): for checks that format their own messages."""
+    return _describe(error)
+
+
 def _describe(error: dict[str, Any]) -> str:
     """pydantic's error in the words our messages use (``must be > 0``, ``must be one of [...]``)."""
     kind, ctx = error.get("type", ""), error.get("ctx") or {}
@@ -210,6 +218,15 @@ def _describe(error: dict[str, Any]) -> str:
     if where:
         return f"item {where}: " + _describe({**error, "loc": ()})
     return str(error.get("msg", "invalid value")).replace("Input should be", "must be")
+
+
+def _is_model(annotation: Any) -> bool:
+    """Whether an annotation is a pydantic model (or an optional one): its errors' locations are field names."""
+    while typing.get_origin(annotation) is Annotated:
+        annotation = typing.get_args(annotation)[0]
+    union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+    options = [a for a in typing.get_args(annotation) if a is not type(None)] if union else [annotation]
+    return len(options) == 1 and inspect.isclass(options[0]) and issubclass(options[0], BaseModel)
 
 
 def _key(prefix: str, name: str) -> str:
@@ -261,7 +278,14 @@ def argument_errors(
         try:
             adapter.validate_python(value)
         except ValidationError as err:
-            errors.append(f"{_key(prefix, name)}={value!r}: {_describe(err.errors()[0])}")
+            first = err.errors()[0]
+            loc = first.get("loc", ())
+            if _is_model(declared[name][1]) and any(isinstance(part, str) for part in loc):
+                # A field of a nested settings model (data.filters.min_prompt_chars): name it, with its value.
+                path = "".join(f".{part}" if isinstance(part, str) else f"[{part}]" for part in loc)
+                errors.append(f"{_key(prefix, name)}{path}={first.get('input')!r}: {_describe({**first, 'loc': ()})}")
+            else:
+                errors.append(f"{_key(prefix, name)}={value!r}: {_describe(first)}")
     own = {p.name for p, function in _walk_signature(target) if function is inspect.unwrap(_function_of(target))}
     for name, (parameter, _) in declared.items():
         # A base class's required argument reached through **kwargs may be supplied by the subclass itself.
@@ -329,6 +353,8 @@ def declared_defaults(target: str | Callable) -> dict[str, Any]:
     target = resolve_target(target)
 
     def plain(value: Any) -> Any:
+        if isinstance(value, BaseModel):  # a nested settings model (data.filters): its fields, as config data
+            return plain(value.model_dump())
         if isinstance(value, tuple):
             return [plain(v) for v in value]
         if isinstance(value, Mapping):

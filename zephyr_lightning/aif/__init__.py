@@ -34,7 +34,7 @@ from zephyr_lightning.aif.judges import (
     RewardModelJudge,
     heuristic_score,
 )
-from zephyr_lightning.aif.prompts import Prompt, load_prompts
+from zephyr_lightning.aif.prompts import Prompt, PromptSet, load_prompt_set, load_prompts
 from zephyr_lightning.aif.rubric import ASPECTS, DEFAULT_RUBRIC, ScoreParseError, parse_ratings, ratings_model
 
 __all__ = [
@@ -58,6 +58,7 @@ __all__ = [
     "OpenAICompatibleClient",
     "OpenAIJudge",
     "Prompt",
+    "PromptSet",
     "RequestError",
     "RewardModelJudge",
     "ScoreParseError",
@@ -67,6 +68,7 @@ __all__ = [
     "generate_completions",
     "heuristic_score",
     "judge_completions",
+    "load_prompt_set",
     "load_prompts",
     "parse_ratings",
     "ratings_model",

@@ -8,7 +8,8 @@ steps in order, each reading the previous step's file in the run folder (``hydra
     DIR/judge_cache.jsonl        every judgement, appended as it arrives (resume state)
     DIR/judged.jsonl             the rows with a score per completion
     DIR/binarized/               train_prefs.jsonl, test_prefs.jsonl (ultrafeedback_binarized schema)
-    DIR/summary.json             counts of every step run in this folder
+    DIR/summary.json             counts of every step run in this folder (and of the prompts read)
+    DIR/decontamination.jsonl    prompts that matched an evaluation question (with prompts.decontamination)
     DIR/aif.log                  the log
 
 Only this module reads Hydra config; the library functions it calls take plain arguments.
@@ -27,8 +28,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from zephyr_lightning.aif.binarize import binarize
 from zephyr_lightning.aif.generate import generate_completions
+from zephyr_lightning.aif.io import write_jsonl_atomic
 from zephyr_lightning.aif.judge import judge_completions
-from zephyr_lightning.aif.prompts import load_prompts
+from zephyr_lightning.aif.prompts import load_prompt_set
 from zephyr_lightning.cli.configs import conf_dir
 
 log = logging.getLogger("zephyr_lightning.aif")
@@ -64,7 +66,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     show_progress = bool(cfg.get("progress_bar", True))
 
     if "generate" in steps:
-        prompts = load_prompts(**OmegaConf.to_container(cfg.prompts, resolve=True))
+        prompt_set = load_prompt_set(**OmegaConf.to_container(cfg.prompts, resolve=True))
+        prompts = prompt_set.prompts
+        summary["prompts"] = prompt_set.summary
+        if "decontamination" in prompt_set.summary:
+            write_jsonl_atomic(Path(cfg.run_dir) / "decontamination.jsonl", prompt_set.contamination)
         models = cfg.generate.models or {}
         generators = [instantiate(node, _convert_="all") for node in models.values() if node is not None]
         summary["generate"] = generate_completions(
@@ -72,7 +78,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             generators,
             files.generations,
             num_completions=cfg.generate.num_completions,
-            source=str(cfg.prompts.path),
+            source=str(cfg.prompts.path or "mixture"),
             show_progress=show_progress,
         ).to_dict()
 

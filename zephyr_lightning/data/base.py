@@ -1,11 +1,14 @@
-"""What the SFT and preference DataModules share: loading splits, tokenizing rows with `datasets.map`
-(cached, optionally in parallel), counting and skipping bad or over-long rows, and the loaders (the
-training loader resumes mid-epoch exactly; see `zephyr_lightning.data.resumable`)."""
+"""What the SFT and preference DataModules share: loading splits (one source or a mixture,
+`zephyr_lightning.data.mixture`), removing filtered, duplicate and contaminated rows
+(`zephyr_lightning.data.cleaning`), tokenizing rows with `datasets.map` (cached, optionally in parallel),
+counting and skipping bad or over-long rows, and the loaders (the training loader resumes mid-epoch exactly;
+see `zephyr_lightning.data.resumable`)."""
 
 from __future__ import annotations
 
 import logging
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 import datasets
@@ -14,10 +17,20 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
-from zephyr_lightning.arguments import NonNegativeInt, PositiveInt, check_arguments
+from zephyr_lightning.arguments import NonNegativeInt, PositiveInt, check_arguments, cross_check
 from zephyr_lightning.chat_format import AddBos, ChatFormat
+from zephyr_lightning.data.cleaning import DEFAULT_FILTERS, CleanedSplit, Deduplicate, Filters, clean_split
+from zephyr_lightning.data.decontamination import Decontamination, EvalIndex
+from zephyr_lightning.data.mixture import (
+    MixedSplit,
+    MixtureSource,
+    MixtureSpec,
+    load_mixed_split,
+    parse_mixture,
+)
 from zephyr_lightning.data.resumable import ResumableDataLoader
-from zephyr_lightning.data.sources import BadLine, BadRowError, load_split_report, prompt_id_of
+from zephyr_lightning.data.schema import Kind
+from zephyr_lightning.data.sources import BadLine, BadRowError, prompt_id_of
 from zephyr_lightning.models import ModelSpec, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -46,6 +59,9 @@ class RowTokenizer:
     """
 
     columns: tuple[str, ...] = ()
+    # (source, split) of each mixture source, by the ``_source`` column of a mixed split; errors name
+    # a row's own source. Empty: every row is of ``source`` [``split``].
+    origins: tuple[tuple[str, str], ...] = ()
 
     def __init__(
         self, tokenizer: PreTrainedTokenizerBase, *, source: str, split: str, on_bad_row: str, chat_format: ChatFormat
@@ -70,9 +86,14 @@ class RowTokenizer:
 
     def __call__(self, batch: dict[str, list], indices: list[int]) -> dict[str, list]:
         out: dict[str, list] = {column: [] for column in (*self.columns, "status")}
+        mixed = "_source" in batch  # a mixed split: keep each row's source, for the counts per source
+        if mixed:
+            out["_source"] = []
         for values, index in zip(zip(*batch.values()), indices):
             row = dict(zip(batch, values))
-            where = row_label(self.source, self.split, row, index)
+            position, index = row.pop("_source", None), row.pop("_index", index)
+            source, split = self.origins[position] if position is not None and self.origins else (self.source, self.split)
+            where = row_label(source, split, row, index)
             try:
                 values_out, status = self.tokenize_row(row, where)
             except BadRowError as err:
@@ -82,22 +103,63 @@ class RowTokenizer:
             for column in self.columns:
                 out[column].append(values_out[column])
             out["status"].append(status)
+            if mixed:
+                out["_source"].append(position)
         return out
 
 
-class ChatDataModule(L.LightningDataModule):
-    """Base DataModule: a tokenizer, named splits of a source, and `RowTokenizer`-made token columns.
+@dataclass
+class PreparedSplit:
+    """A split before tokenization: as mixed (`MixedSplit`) and as cleaned (`CleanedSplit`)."""
 
-    Subclasses implement `row_tokenizer` and set ``self.collator``.
+    mixed: MixedSplit
+    cleaned: CleanedSplit
+
+
+def _path_or_mixture(arguments: dict) -> tuple[str, str] | None:
+    path, mixture = arguments.get("path"), arguments.get("mixture")
+    if path is None and mixture is None:
+        return "path", "give data.path (one source) or data.mixture (several)"
+    if path is not None and mixture is not None:
+        return "mixture", f"replaces data.path; set data.path=null (it is {path!r})"
+    if mixture is not None and arguments.get("name") is not None:
+        return "name", "is the hub configuration of data.path; give each mixture entry its own name"
+    return None
+
+
+@cross_check(_path_or_mixture)
+class ChatDataModule(L.LightningDataModule):
+    """Base DataModule: a tokenizer, named splits of one source or a mixture, cleaning, and
+    `RowTokenizer`-made token columns.
+
+    Subclasses set ``kind`` (`zephyr_lightning.data.schema`), implement `row_tokenizer` and set
+    ``self.collator``.
+
+    Args (shared by both DataModules; the others are in their docstrings):
+        mixture: several sources, each with a fraction or a row count (`zephyr_lightning.data.mixture`);
+            replaces ``path``.
+        deduplicate: ``prompt`` (one row per normalised prompt: duplicate rows, repeated prompt_ids and
+            prompts repeated within or across sources are removed), ``row`` (only duplicate rows: data with
+            several pairs per prompt) or ``off``; with ``prompt`` and ``row``, training rows whose prompt is a
+            test prompt are removed too (`zephyr_lightning.data.cleaning`).
+        decontamination: evaluation questions to keep out of the training split
+            (`zephyr_lightning.data.decontamination.Decontamination`); None: no check.
+        filters: the named row filters (`zephyr_lightning.data.cleaning.Filters`).
     """
+
+    kind: Kind = "sft"
 
     def __init__(
         self,
-        path: str,
+        path: str | None,
         tokenizer: PreTrainedTokenizerBase | ModelSpec | str,
         *,
         train_split: str,
         val_split: str | None,
+        mixture: MixtureSpec = None,
+        deduplicate: Deduplicate = "prompt",
+        decontamination: Decontamination | None = None,
+        filters: Filters = DEFAULT_FILTERS,
         on_too_long: OnTooLong = "truncate",
         on_bad_row: OnBadRow = "error",
         batch_size: PositiveInt = 8,
@@ -115,6 +177,11 @@ class ChatDataModule(L.LightningDataModule):
         check_arguments(ChatDataModule, locals(), prefix="data")
         super().__init__()
         self.path = path
+        self.mixture = parse_mixture(mixture)
+        self.sources = self.mixture or (MixtureSource(path=path, name=name),)
+        self.deduplicate = deduplicate
+        self.decontamination = Decontamination.model_validate(decontamination) if decontamination is not None else None
+        self.filters = Filters.model_validate(filters)
         self.tokenizer = tokenizer if isinstance(tokenizer, PreTrainedTokenizerBase) else load_tokenizer(tokenizer)
         self.splits = {"train": train_split, "val": val_split}
         self.on_too_long = on_too_long
@@ -132,8 +199,12 @@ class ChatDataModule(L.LightningDataModule):
         self.datasets: dict[str, datasets.Dataset] = {}
         # Per split: how many rows were kept, truncated, dropped or skipped (and why).
         self.stats: dict[str, Counter] = {}
+        # Per split: (source position, status) -> rows, over the sources of the mixture.
+        self.source_stats: dict[str, Counter] = {}
         # Per split: lines of a local file that could not be read (skipped with on_bad_row=skip).
         self.unreadable: dict[str, list[BadLine]] = {}
+        self._prepared_splits: dict[str, PreparedSplit | None] = {}
+        self._eval_index: EvalIndex | None = None
         self._train_loader: ResumableDataLoader | None = None
         self._train_loader_state: dict[str, Any] | None = None
 
@@ -144,19 +215,67 @@ class ChatDataModule(L.LightningDataModule):
         """The length settings, for the log line about kept and dropped rows."""
         return ""
 
-    def _tokenized(self, stage: str) -> datasets.Dataset | None:
+    @property
+    def source_label(self) -> str:
+        """How logs and errors name the data: the path, or the mixture's sources."""
+        return self.path if not self.mixture else "mixture(" + ", ".join(s.path for s in self.sources) + ")"
+
+    def eval_index(self) -> EvalIndex | None:
+        """The evaluation prompts to decontaminate against (read once), or None."""
+        if self.decontamination is not None and self._eval_index is None:
+            self._eval_index = EvalIndex.from_config(self.decontamination)
+            log.info("decontamination: %d evaluation turns from %s (%d-gram overlap >= %g, or exact)",
+                     len(self._eval_index), [q.path for q in self.decontamination.questions],
+                     self.decontamination.ngram, self.decontamination.threshold)
+        return self._eval_index
+
+    def prepared(self, stage: str) -> PreparedSplit | None:
+        """A split mixed and cleaned, before tokenization (once per process: prepare_data, then setup)."""
+        if stage not in self._prepared_splits:
+            self._prepared_splits[stage] = self._prepare(stage)
+        return self._prepared_splits[stage]
+
+    def _prepare(self, stage: str) -> PreparedSplit | None:
         split = self.splits[stage]
         if split is None:
             return None
-        loaded = load_split_report(
-            self.path, split, name=self.name, cache_dir=self.cache_dir, on_bad_line=self.on_bad_row
+        test = stage == "val"
+        mixed = load_mixed_split(
+            self.sources, test=test, kind=self.kind, default_split=split, seed=self.seed,
+            on_bad_row=self.on_bad_row, cache_dir=self.cache_dir, limit=self.max_samples[stage],
+            files_have_test_rows=not self.mixture,
         )
-        self.unreadable[stage] = loaded.bad_lines
-        raw = loaded.rows
-        if self.max_samples[stage] is not None:
-            raw = raw.select(range(min(self.max_samples[stage], len(raw))))
+        if mixed is None:
+            if not test:
+                raise ValueError(f"{self.source_label}: no source gives training rows (a fraction of 0 for every one?)")
+            return None
+        test_prompts = None
+        if not test and self.deduplicate != "off" and (val := self.prepared("val")) is not None:
+            shared = {p.file for p in mixed.parts if p.file} & {p.file for p in val.mixed.parts if p.file}
+            if shared:
+                log.warning("%s is both a training and a validation file: validation measures training rows, and "
+                            "training rows are not checked against the validation prompts",
+                            ", ".join(sorted(map(str, shared))))
+            else:
+                test_prompts = val.cleaned.prompts
+        cleaned = clean_split(
+            mixed.rows, kind=self.kind, source_names=[s.path for s in self.sources], deduplicate=self.deduplicate,
+            filters=self.filters, index=None if test else self.eval_index(), test_prompts=test_prompts, split=stage,
+        )
+        return PreparedSplit(mixed, cleaned)
+
+    def _tokenized(self, stage: str) -> datasets.Dataset | None:
+        prepared = self.prepared(stage)
+        if prepared is None:
+            return None
+        raw = prepared.cleaned.rows
+        split = self.splits[stage]
+        tokenize = self.row_tokenizer(split)
+        tokenize.origins = tuple((s.path, p.split or split) for s, p in zip(self.sources, prepared.mixed.parts))
+        if len(raw) == 0:
+            return None
         return raw.map(
-            self.row_tokenizer(split),
+            tokenize,
             batched=True,
             with_indices=True,
             remove_columns=raw.column_names,
@@ -174,17 +293,25 @@ class ChatDataModule(L.LightningDataModule):
         for key in ("val",) if stage == "validate" else ("train", "val"):
             if key in self.datasets:
                 continue
-            data = self._tokenized(key)
-            if data is None:
+            prepared = self.prepared(key)
+            if prepared is None:
                 continue
-            statuses = Counter(data["status"])
-            for line in self.unreadable.get(key, []):
-                statuses[f"bad: {line.kind}"] += 1
+            data = self._tokenized(key)
+            per_source: Counter = Counter()
+            if data is not None:
+                per_source.update(zip(data["_source"][:], data["status"][:]))  # [:]: lists, not lazy columns
+            per_source.update(prepared.mixed.statuses)  # unreadable lines and rows the conversion left out
+            per_source.update(prepared.cleaned.removed)  # filtered, duplicate and contaminated rows
+            statuses: Counter = Counter()
+            for (_, status), n in per_source.items():
+                statuses[status] += n
             self.stats[key] = statuses
-            kept = data.filter(lambda s: s in KEPT, input_columns="status")
+            self.source_stats[key] = per_source
+            self.unreadable[key] = [line for _, line in prepared.mixed.unreadable]
+            kept = data.filter(lambda s: s in KEPT, input_columns="status") if data is not None else []
             if len(kept) == 0:
-                raise ValueError(f"{self.path} [{self.splits[key]}]: no usable rows ({dict(statuses)})")
-            self.datasets[key] = kept.remove_columns("status")
+                raise ValueError(f"{self.source_label} [{self.splits[key]}]: no usable rows ({dict(statuses)})")
+            self.datasets[key] = kept.remove_columns(["status", "_source"])
             self._log_stats(key, statuses)
         self.after_setup()
 
@@ -195,9 +322,16 @@ class ChatDataModule(L.LightningDataModule):
         total = sum(statuses.values())
         summary = ", ".join(f"{n} {status}" for status, n in statuses.most_common() if status != "ok")
         limits = self.describe_limits()
+        if self.mixture:
+            for source, counts in zip(self.sources, self._per_source(key)):
+                if counts["rows"] or counts["available"]:
+                    removed = ", ".join(f"{n} {why}" for why, n in counts["removed"].items())
+                    log.info("%s [%s] (%s): %d of %d rows taken, %d used%s", source.path, counts["split"],
+                             source.share if key == "train" else "test split", counts["taken"], counts["available"],
+                             counts["used"], f"; removed: {removed}" if removed else "")
         log.info(
             "%s [%s]: %d of %d rows used%s%s",
-            self.path,
+            self.source_label,
             self.splits[key],
             sum(statuses[s] for s in KEPT),
             total,
@@ -205,21 +339,83 @@ class ChatDataModule(L.LightningDataModule):
             f" ({limits})" if limits else "",
         )
 
-    def summary(self) -> dict[str, dict[str, Any]]:
-        """Per split: rows read, used, truncated, dropped (by reason) and skipped as bad (by reason)."""
-        out: dict[str, dict[str, Any]] = {}
+    @staticmethod
+    def _counts(statuses: Counter) -> dict[str, Any]:
+        def by(prefix: str) -> dict[str, int]:
+            return {s.split(": ", 1)[1]: n for s, n in statuses.items() if s.startswith(prefix) and n}
+
+        return {
+            "rows": sum(statuses.values()),
+            "used": sum(statuses[s] for s in KEPT),
+            "truncated": statuses["truncated"],
+            "dropped": by("dropped: "),
+            "skipped_bad": by("bad: "),
+            "removed": by("removed: "),
+        }
+
+    def _per_source(self, key: str) -> list[dict[str, Any]]:
+        """The counts of each mixture source in split ``key``."""
+        stats = self.source_stats.get(key, Counter())
+        prepared = self._prepared_splits.get(key)
+        out = []
+        for position, _ in enumerate(self.sources):
+            part = prepared.mixed.parts[position] if prepared is not None else None
+            statuses = Counter({status: n for (p, status), n in stats.items() if p == position})
+            out.append({"split": part.split if part else None, "available": part.available if part else 0,
+                        "taken": part.taken if part else 0, **self._counts(statuses)})
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        """What ``data_summary.json`` holds. Per split (``train``, ``val``): rows, used, truncated, dropped,
+        skipped as bad and removed (each by reason) and the unreadable lines of local files. With a mixture,
+        ``mixture`` lists each source with its share and the same counts per split; then ``cleaning`` (the
+        deduplication mode and filters) and, with decontamination, what it read and found."""
+        out: dict[str, Any] = {}
         for key, statuses in self.stats.items():
             out[key] = {
-                "source": self.path,
+                **({"source": self.path} if not self.mixture else {}),
                 "split": self.splits[key],
-                "rows": sum(statuses.values()),
-                "used": sum(statuses[s] for s in KEPT),
-                "truncated": statuses["truncated"],
-                "dropped": {s.split(": ", 1)[1]: n for s, n in statuses.items() if s.startswith("dropped: ")},
-                "skipped_bad": {s.split(": ", 1)[1]: n for s, n in statuses.items() if s.startswith("bad: ")},
+                **self._counts(statuses),
                 "unreadable_lines": [str(line) for line in self.unreadable.get(key, [])],
             }
+        if self.mixture:
+            out["mixture"] = [
+                {**source.describe(), **{key: self._per_source(key)[position] for key in self.stats}}
+                for position, source in enumerate(self.sources)
+            ]
+        out["cleaning"] = {"deduplicate": self.deduplicate, "filters": self.filters.model_dump()}
+        if self.decontamination is not None:
+            out["decontamination"] = self._decontamination_summary()
         return out
+
+    def _decontamination_summary(self) -> dict[str, Any]:
+        config = self.decontamination
+        matches = self.contamination()
+        prefix = "removed: contaminated: "
+        removed = {s[len(prefix):]: n for s, n in self.stats.get("train", Counter()).items() if s.startswith(prefix)}
+        found: dict[str, set[str]] = {}
+        for match in matches:
+            found.setdefault(match["eval_source"], set()).add(match["question_id"])
+        index = self._eval_index
+        return {
+            "questions": [q.path + (f" [{q.split}]" if q.split != "train" else "") for q in config.questions],
+            "evaluation_turns": len(index) if index is not None else 0,
+            "ngram": config.ngram,
+            "threshold": config.threshold,
+            "removed": removed,
+            "matched_question_ids": {src: sorted(ids, key=lambda q: (len(q), q)) for src, ids in found.items()},
+            "details": "decontamination.jsonl",
+        }
+
+    def contamination(self) -> list[dict[str, Any]]:
+        """Every training row that matched an evaluation turn, one record per (row, evaluation turn)."""
+        prepared = self._prepared_splits.get("train")
+        return list(prepared.cleaned.matches) if prepared is not None else []
+
+    def reports(self) -> dict[str, list[dict[str, Any]]]:
+        """Files for the run folder beside data_summary.json (`DataSummary` writes them): the
+        decontamination matches, when decontamination is on."""
+        return {"decontamination.jsonl": self.contamination()} if self.decontamination is not None else {}
 
     def _world(self) -> tuple[int, int]:
         trainer = getattr(self, "trainer", None)

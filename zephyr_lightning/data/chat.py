@@ -52,6 +52,30 @@ def validate_messages(messages: Any, *, where: str, final_assistant: bool = Fals
     return clean
 
 
+def validate_dialogue(row: dict[str, Any], *, where: str) -> list[dict[str, str]]:
+    """A dSFT row's ``messages`` (`validate_messages`), with at least one assistant turn to learn from."""
+    if row.get("messages") is None:  # a JSON-lines row without the key reads as null
+        raise BadRowError(f"{where}: no 'messages' (missing or null)")
+    messages = validate_messages(row["messages"], where=where)
+    if not any(m["role"] == "assistant" for m in messages):
+        raise BadRowError(f"{where}: the dialogue has no assistant turn to learn from")
+    return messages
+
+
+def validate_pair(row: dict[str, Any], *, where: str) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """A preference row's ``chosen`` and ``rejected`` (`validate_messages`, each ending with the assistant's
+    answer), with the same prompt and different answers."""
+    for key in ("chosen", "rejected"):
+        if row.get(key) is None:  # a JSON-lines row without the key reads as null
+            raise BadRowError(f"{where}: no {key!r} (missing or null)")
+    chosen = validate_messages(row["chosen"], where=f"{where} (chosen)", final_assistant=True)
+    rejected = validate_messages(row["rejected"], where=f"{where} (rejected)", final_assistant=True)
+    if chosen[:-1] != rejected[:-1]:
+        raise BadRowError(f"{where}: chosen and rejected have different prompts")
+    if chosen[-1]["content"] == rejected[-1]["content"]:
+        raise BadRowError(f"{where}: chosen and rejected completions are identical")
+    return chosen, rejected
+
 @dataclass
 class TokenizedChat:
     """Token ids of a rendered conversation and a 0/1 mask of the assistant tokens (content + end token)."""

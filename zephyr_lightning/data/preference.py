@@ -15,7 +15,7 @@ from transformers import PreTrainedTokenizerBase
 
 from zephyr_lightning.arguments import PositiveInt, check_arguments, cross_check
 from zephyr_lightning.data.base import ChatDataModule, RowTokenizer
-from zephyr_lightning.data.chat import BadRowError, tokenize_prompt_completion, validate_messages
+from zephyr_lightning.data.chat import BadRowError, tokenize_prompt_completion, validate_pair
 from zephyr_lightning.data.collators import PreferenceCollator
 from zephyr_lightning.models import ModelSpec
 
@@ -33,15 +33,7 @@ class PreferenceTokenizer(RowTokenizer):
         self.on_too_long = on_too_long
 
     def tokenize_row(self, row: dict[str, Any], where: str) -> tuple[dict[str, Any], str]:
-        for key in ("chosen", "rejected"):
-            if row.get(key) is None:  # a JSON-lines row without the key reads as null
-                raise BadRowError(f"{where}: no {key!r} (missing or null)")
-        chosen = validate_messages(row["chosen"], where=f"{where} (chosen)", final_assistant=True)
-        rejected = validate_messages(row["rejected"], where=f"{where} (rejected)", final_assistant=True)
-        if chosen[:-1] != rejected[:-1]:
-            raise BadRowError(f"{where}: chosen and rejected have different prompts")
-        if chosen[-1]["content"] == rejected[-1]["content"]:
-            raise BadRowError(f"{where}: chosen and rejected completions are identical")
+        chosen, rejected = validate_pair(row, where=where)
         pc = tokenize_prompt_completion(self.tokenizer, chosen, where=where, chat_format=self.chat_format)
         pr = tokenize_prompt_completion(self.tokenizer, rejected, where=where, chat_format=self.chat_format)
         if pc.prompt_ids != pr.prompt_ids:
@@ -87,7 +79,7 @@ class PreferenceDataModule(ChatDataModule):
 
     Args:
         path: hub name (``HuggingFaceH4/ultrafeedback_binarized``), local file or folder (a folder holds
-            ``<split>.jsonl``/``.json``/``.parquet``), or ``builtin:tiny_prefs``.
+            ``<split>.jsonl``/``.json``/``.parquet``), or ``builtin:tiny_prefs``; None with ``mixture``.
         tokenizer: a tokenizer, or the model spec / name to load one from.
         train_split, val_split: split names (``val_split=None``: no validation).
         max_length: longest prompt + completion, in tokens.
@@ -106,11 +98,15 @@ class PreferenceDataModule(ChatDataModule):
         name: hub configuration name; cache_dir: datasets cache.
         add_bos, empty_system_turn: the `ChatFormat` (BOS before the chat: ``auto`` follows the tokenizer;
             an empty system turn where there is none: off), shared with SFT, AIF generation and samples.
+        mixture, deduplicate, decontamination, filters: several sources instead of ``path`` (``path=None``),
+            and the rows removed before tokenization (see `ChatDataModule`).
     """
+
+    kind = "prefs"
 
     def __init__(
         self,
-        path: str,
+        path: str | None,
         tokenizer: PreTrainedTokenizerBase | ModelSpec | str,
         *,
         train_split: str = "train_prefs",
@@ -121,7 +117,7 @@ class PreferenceDataModule(ChatDataModule):
         pad_to_multiple_of: PositiveInt | None = None,
         **kwargs: Any,
     ) -> None:
-        check_arguments(PreferenceDataModule, locals(), prefix="data")
+        check_arguments(PreferenceDataModule, {**locals(), **kwargs}, prefix="data")
         super().__init__(path, tokenizer, train_split=train_split, val_split=val_split, **kwargs)
         self.max_length = max_length
         self.max_prompt_length = max_prompt_length
@@ -130,7 +126,7 @@ class PreferenceDataModule(ChatDataModule):
     def row_tokenizer(self, split: str) -> PreferenceTokenizer:
         return PreferenceTokenizer(
             self.tokenizer,
-            source=self.path,
+            source=self.source_label,
             split=split,
             on_bad_row=self.on_bad_row,
             chat_format=self.chat_format,

@@ -16,7 +16,7 @@ from transformers import PreTrainedTokenizerBase
 
 from zephyr_lightning.arguments import PositiveInt, check_arguments
 from zephyr_lightning.data.base import ChatDataModule, RowTokenizer
-from zephyr_lightning.data.chat import BadRowError, tokenize_chat, validate_messages
+from zephyr_lightning.data.chat import BadRowError, tokenize_chat, validate_dialogue
 from zephyr_lightning.data.collators import SFTCollator
 from zephyr_lightning.data.packing import PackingStrategy, pack_lengths, padding_fraction
 from zephyr_lightning.models import ModelSpec
@@ -43,11 +43,7 @@ class SFTTokenizer(RowTokenizer):
         return {**super().placeholder(row), "length": 0}
 
     def tokenize_row(self, row: dict[str, Any], where: str) -> tuple[dict[str, Any], str]:
-        if row.get("messages") is None:  # a JSON-lines row without the key reads as null
-            raise BadRowError(f"{where}: no 'messages' (missing or null)")
-        messages = validate_messages(row["messages"], where=where)
-        if not any(m["role"] == "assistant" for m in messages):
-            raise BadRowError(f"{where}: the dialogue has no assistant turn to learn from")
+        messages = validate_dialogue(row, where=where)
         chat = tokenize_chat(self.tokenizer, messages, where=where, chat_format=self.chat_format)
         ids = chat.input_ids
         mask = chat.assistant_mask if self.loss_on == "assistant" else [1] * len(ids)
@@ -84,7 +80,7 @@ class SFTDataModule(ChatDataModule):
 
     Args:
         path: hub name (``HuggingFaceH4/ultrachat_200k``), local file or folder (holding
-            ``<split>.jsonl``/``.json``/``.parquet``), or ``builtin:tiny_chat``.
+            ``<split>.jsonl``/``.json``/``.parquet``), or ``builtin:tiny_chat``; None with ``mixture``.
         tokenizer: a tokenizer, or the model spec / name to load one from.
         train_split, val_split: split names (ultrachat_200k: ``train_sft``, ``test_sft``).
         max_length: longest dialogue in tokens (longer ones are cut, dropped with ``on_too_long=drop``, or
@@ -95,12 +91,15 @@ class SFTDataModule(ChatDataModule):
         on_bad_row: ``error`` (naming the prompt_id) or ``skip`` (counted) for malformed dialogues.
         seed: the training shuffle (epoch ``e`` uses ``seed + e``), also used to estimate padding without
             packing for the log.
-        Other arguments (``add_bos`` and ``empty_system_turn`` among them) as in `PreferenceDataModule`.
+        Other arguments (``add_bos``, ``empty_system_turn``, ``mixture``, ``deduplicate``,
+        ``decontamination`` and ``filters`` among them) as in `PreferenceDataModule` and `ChatDataModule`.
     """
+
+    kind = "sft"
 
     def __init__(
         self,
-        path: str,
+        path: str | None,
         tokenizer: PreTrainedTokenizerBase | ModelSpec | str,
         *,
         train_split: str = "train_sft",
@@ -112,7 +111,7 @@ class SFTDataModule(ChatDataModule):
         pad_to_multiple_of: PositiveInt | None = None,
         **kwargs: Any,
     ) -> None:
-        check_arguments(SFTDataModule, locals(), prefix="data")
+        check_arguments(SFTDataModule, {**locals(), **kwargs}, prefix="data")
         super().__init__(path, tokenizer, train_split=train_split, val_split=val_split, **kwargs)
         self.max_length = max_length
         self.loss_on = loss_on
@@ -124,7 +123,7 @@ class SFTDataModule(ChatDataModule):
     def row_tokenizer(self, split: str) -> SFTTokenizer:
         return SFTTokenizer(
             self.tokenizer,
-            source=self.path,
+            source=self.source_label,
             split=split,
             on_bad_row=self.on_bad_row,
             chat_format=self.chat_format,
@@ -147,7 +146,7 @@ class SFTDataModule(ChatDataModule):
             unpacked = [[lengths[i] for i in order[s : s + batch_size]] for s in range(0, len(order), batch_size)]
             self.padding[key] = {"unpacked": padding_fraction(lengths, unpacked)}
             if not self.packing:
-                log.info("%s [%s]: padding is %.1f%% of tokens (packing off)", self.path, self.splits[key],
+                log.info("%s [%s]: padding is %.1f%% of tokens (packing off)", self.source_label, self.splits[key],
                          100 * self.padding[key]["unpacked"])
                 continue
             bins = pack_lengths(lengths, self.max_length, self.packing_strategy)
@@ -158,6 +157,6 @@ class SFTDataModule(ChatDataModule):
             log.info(
                 "%s [%s]: packed %d dialogues into %d rows of <= %d tokens (%s); padding %.1f%% of tokens "
                 "packed vs %.1f%% unpacked",
-                self.path, self.splits[key], len(lengths), len(bins), self.max_length, self.packing_strategy,
+                self.source_label, self.splits[key], len(lengths), len(bins), self.max_length, self.packing_strategy,
                 100 * self.padding[key]["packed"], 100 * self.padding[key]["unpacked"],
             )
