@@ -35,6 +35,8 @@ from typing import Annotated, Any
 
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 
+from zephyr_lightning.errors import InvalidValue
+
 __all__ = [
     "ArgumentError",
     "Field",
@@ -62,7 +64,7 @@ _CROSS_CHECKS = "__argument_cross_checks__"
 _CONFIG = ConfigDict(arbitrary_types_allowed=True)
 
 
-class ArgumentError(ValueError):
+class ArgumentError(InvalidValue):
     """One or more invalid arguments; ``errors`` lists them, each as ``key=value: problem``."""
 
     def __init__(self, errors: list[str]) -> None:

@@ -23,6 +23,7 @@ from typing import Any
 
 from zephyr_lightning.arguments import argument_errors
 from zephyr_lightning.data.sources import split_file
+from zephyr_lightning.errors import InvalidValue
 from zephyr_lightning.precision import masters_kept, rounded_update_problem, trainable_dtype
 from zephyr_lightning.resume import ckpt_choice_errors
 
@@ -33,7 +34,7 @@ _MISSING = object()
 _ORDER = ("module", "model", "optim", "data")
 
 
-class ConfigError(ValueError):
+class ConfigError(InvalidValue):
     """One or more invalid config values; ``errors`` lists them, each naming its key."""
 
     def __init__(self, errors: list[str]) -> None:
