@@ -17,7 +17,7 @@ from transformers import PreTrainedTokenizerBase
 from zephyr_lightning.arguments import NonNegativeInt, PositiveInt, check_arguments
 from zephyr_lightning.chat_format import AddBos, ChatFormat
 from zephyr_lightning.data.resumable import ResumableDataLoader
-from zephyr_lightning.data.sources import BadLine, BadRowError, load_split_report, prompt_id_of
+from zephyr_lightning.data.sources import BadLine, BadRowError, DataError, RowLines, load_split_report, prompt_id_of
 from zephyr_lightning.models import ModelSpec, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -30,10 +30,15 @@ ON_BAD_ROW: tuple[str, ...] = get_args(OnBadRow)
 KEPT = ("ok", "truncated")
 
 
-def row_label(source: str, split: str, row: dict[str, Any], index: int) -> str:
-    """How errors name a row: its prompt_id when it has one, else its index in the split."""
+def row_label(source: str, split: str, row: dict[str, Any], index: int, lines: RowLines | None = None) -> str:
+    """How errors name a row: ``file:line`` for a row of a local JSON-lines file, else the source and its
+    index in the split; then its prompt_id when it has one."""
     pid = row.get("prompt_id")
-    return f"{source} [{split}] prompt_id={pid}" if pid else f"{source} [{split}] row {index}"
+    line = lines.line(index) if lines is not None else None
+    where = f"{lines.file}:{line} [{split}]" if line is not None else f"{source} [{split}]"
+    if pid:
+        return f"{where} prompt_id={pid}"
+    return where if line is not None else f"{where} row {index}"
 
 
 class RowTokenizer:
@@ -46,6 +51,8 @@ class RowTokenizer:
     """
 
     columns: tuple[str, ...] = ()
+    # Set by the DataModule for a local JSON-lines file, so that errors name the file line of a row.
+    lines: RowLines | None = None
 
     def __init__(
         self, tokenizer: PreTrainedTokenizerBase, *, source: str, split: str, on_bad_row: str, chat_format: ChatFormat
@@ -72,8 +79,10 @@ class RowTokenizer:
         out: dict[str, list] = {column: [] for column in (*self.columns, "status")}
         for values, index in zip(zip(*batch.values()), indices):
             row = dict(zip(batch, values))
-            where = row_label(self.source, self.split, row, index)
+            where = row_label(self.source, self.split, row, index, self.lines)
             try:
+                if all(value is None for value in row.values()):
+                    raise BadRowError(f"{where}: the row is empty (every column is null: a line `null` or `{{}}`)")
                 values_out, status = self.tokenize_row(row, where)
             except BadRowError as err:
                 if self.on_bad_row == "error":
@@ -153,10 +162,14 @@ class ChatDataModule(L.LightningDataModule):
         )
         self.unreadable[stage] = loaded.bad_lines
         raw = loaded.rows
+        if len(raw) == 0:
+            raise DataError(f"{self.path} [{split}]: the split has no rows")
         if self.max_samples[stage] is not None:
             raw = raw.select(range(min(self.max_samples[stage], len(raw))))
+        tokenize = self.row_tokenizer(split)
+        tokenize.lines = loaded.lines
         return raw.map(
-            self.row_tokenizer(split),
+            tokenize,
             batched=True,
             with_indices=True,
             remove_columns=raw.column_names,
@@ -183,7 +196,9 @@ class ChatDataModule(L.LightningDataModule):
             self.stats[key] = statuses
             kept = data.filter(lambda s: s in KEPT, input_columns="status")
             if len(kept) == 0:
-                raise ValueError(f"{self.path} [{self.splits[key]}]: no usable rows ({dict(statuses)})")
+                reasons = ", ".join(f"{n} {status}" for status, n in statuses.most_common())
+                raise DataError(f"{self.path} [{self.splits[key]}]: no usable rows; of {sum(statuses.values())} "
+                                f"rows: {reasons}")
             self.datasets[key] = kept.remove_columns("status")
             self._log_stats(key, statuses)
         self.after_setup()
