@@ -134,6 +134,27 @@ def test_secret_keys_are_recognised():
     assert redact({"note": "uses sk-env-secret-1"}, ["sk-env-secret-1"]) == {"note": f"uses {REDACTED}"}
 
 
+def test_secrets_in_dict_literal_overrides_are_found_and_blanked(monkeypatch):
+    import zephyr_lightning.secrets as secrets
+
+    monkeypatch.setattr(secrets, "_registered", set())
+    overrides = ["+extra={api_key: sk-dict-1234, db: {password: 'pass, phrase'}}", "+judge.api_key=sk-flat-5678",
+                 "judge.token=choice(tok-aaaa,tok-bbbb)", "+judge.api_key_env=MY_KEY", "judge.api_key=${oc.env:K}",
+                 "trainer.max_steps=2", "--multirun"]
+    found = secrets.override_secret_values(overrides)
+    assert found == ["sk-dict-1234", "pass, phrase", "sk-flat-5678", "tok-aaaa", "tok-bbbb"]
+    # Without knowing the values, the key: value and key=value patterns still blank them beside their key,
+    # as in Hydra's "Error executing job with overrides: [...]" line.
+    line = f"Error executing job with overrides: {overrides[:2]}"
+    assert redact(line, []) == ("Error executing job with overrides: [\"+extra={api_key: <redacted>, db: "
+                                "{password: <redacted>}}\", '+judge.api_key=<redacted>']")
+    assert redact('{"hf_token": "hf_abc", "pad_token": "</s>", "token": null}', []) == (
+        '{"hf_token": <redacted>, "pad_token": "</s>", "token": null}')
+    assert redact("judge.api_key=${oc.env:K}", []) == "judge.api_key=${oc.env:K}"  # names a variable
+    secrets.register_secret_values(found)
+    assert redact("the value sk-dict-1234 in passing, and pass, phrase") == f"the value {REDACTED} in passing, and {REDACTED}"
+
+
 def test_no_api_key_reaches_any_file_the_run_writes(tmp_path):
     secrets = {
         "WANDB_API_KEY": "wandbkey" + "7" * 32,
