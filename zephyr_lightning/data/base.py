@@ -17,7 +17,14 @@ from transformers import PreTrainedTokenizerBase
 from zephyr_lightning.arguments import NonNegativeInt, PositiveInt, check_arguments
 from zephyr_lightning.chat_format import AddBos, ChatFormat
 from zephyr_lightning.data.resumable import ResumableDataLoader
-from zephyr_lightning.data.sources import BadLine, BadRowError, DataError, RowLines, load_split_report, prompt_id_of
+from zephyr_lightning.data.sources import (
+    BadLine,
+    BadRowError,
+    DataError,
+    RowLines,
+    load_split_report,
+    prompt_id_of,
+)
 from zephyr_lightning.models import ModelSpec, load_tokenizer
 
 log = logging.getLogger(__name__)

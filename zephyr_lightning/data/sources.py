@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import codecs
 import functools
-from collections import Counter
 import hashlib
 import json
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
