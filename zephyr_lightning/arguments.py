@@ -45,6 +45,7 @@ __all__ = [
     "cross_check",
     "declared_arguments",
     "declared_defaults",
+    "declared_types",
     "resolve_target",
     "NonNegative",
     "Positive",
@@ -296,6 +297,11 @@ def check_arguments(target: Callable, arguments: Mapping[str, Any], *, prefix: s
 def declared_arguments(target: str | Callable) -> list[str]:
     """The names of every argument ``target`` accepts (following ``**kwargs`` into base classes)."""
     return list(_declaration(resolve_target(target)))
+
+
+def declared_types(target: str | Callable) -> dict[str, Any]:
+    """The declared type of every argument ``target`` accepts (``Any`` where none is declared)."""
+    return {name: annotation for name, (_, annotation) in _declaration(resolve_target(target)).items()}
 
 
 def declared_defaults(target: str | Callable) -> dict[str, Any]:
