@@ -1,4 +1,4 @@
-"""The AIF command: ``python -m zephyr_lightning.aif [step=all|generate|judge|binarize] [overrides]``.
+"""The AIF command: ``zephyr-aif`` / ``python -m zephyr_lightning.aif [step=all|generate|judge|binarize] [overrides]``.
 
 Composes ``conf/aif/aif.yaml`` with Hydra, instantiates the generators and the judge, and runs the
 steps in order, each reading the previous step's file in the run folder (``hydra.run.dir``):
@@ -11,7 +11,11 @@ steps in order, each reading the previous step's file in the run folder (``hydra
     DIR/summary.json             counts of every step run in this folder
     DIR/aif.log                  the log
 
-Only this module reads Hydra config; the library functions it calls take plain arguments.
+Only this module reads Hydra config; the library functions it calls take plain arguments. Before a step
+runs, the config sections it uses are validated like a training config (`zephyr_lightning.validation`:
+every argument, model paths by their key), and what a killed earlier run left half-written in the
+step's output folders is removed. Start-up (no credentials in files or on the console, user errors in
+one line) is `zephyr_lightning.cli.app.hydra_command`.
 """
 
 from __future__ import annotations
@@ -21,7 +25,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -29,7 +32,11 @@ from zephyr_lightning.aif.binarize import binarize
 from zephyr_lightning.aif.generate import generate_completions
 from zephyr_lightning.aif.judge import judge_completions
 from zephyr_lightning.aif.prompts import load_prompts
+from zephyr_lightning.atomic import remove_stale_staging
+from zephyr_lightning.cli.app import hydra_command
 from zephyr_lightning.cli.configs import conf_dir
+from zephyr_lightning.errors import InvalidValue, MissingFile
+from zephyr_lightning.validation import check_config
 
 log = logging.getLogger("zephyr_lightning.aif")
 
@@ -42,7 +49,7 @@ def selected_steps(step: str) -> list[str]:
     if step == "all":
         return list(STEPS)
     if step not in STEPS:
-        raise ValueError(f"step={step!r} is not one of {['all', *STEPS]}")
+        raise InvalidValue(f"step={step!r} is not one of {['all', *STEPS]}")
     return [step]
 
 
@@ -50,15 +57,46 @@ def _require_local(path: str, key: str, producer: str) -> None:
     """A missing local input file is usually a step run in a new folder: say which folder to use."""
     p = Path(path)
     if p.suffix in (".jsonl", ".json", ".parquet") and not p.exists():
-        raise FileNotFoundError(
+        raise MissingFile(
             f"{key}={path} does not exist: run step={producer} first in the same run folder "
             f"(pass the same hydra.run.dir=...), or set {key} to an existing file or hub data set"
         )
 
 
+# The config section each step instantiates objects from.
+_SECTIONS = {"generate": "generate", "judge": "judge"}
+
+
+def check_steps_config(cfg: DictConfig, steps: list[str]) -> None:
+    """Every problem in the sections the selected steps use, all at once and each named by its key
+    (``generate.models.local.model.name_or_path='/no/such': does not exist``), before a model loads.
+    Sections of steps not run are not checked (``step=judge`` needs no generator model)."""
+    used = {section: cfg[section] for step, section in _SECTIONS.items() if step in steps and section in cfg}
+    plain = OmegaConf.to_container(OmegaConf.create(used), resolve=True) if used else {}
+    check_config(plain)
+
+
+def _remove_stale_outputs(cfg: DictConfig, steps: list[str]) -> None:
+    """What a killed run of these steps left half-written (``.judged.jsonl.*.partial``): never read back,
+    and as large as the output."""
+    files = cfg.files
+    outputs = {"generate": [files.generations], "judge": [files.judged, files.judge_cache],
+               "binarize": [files.binarized]}
+    for step in steps:
+        for output in outputs[step]:
+            path = Path(str(output))
+            if path.suffix in (".jsonl", ".json"):
+                remove_stale_staging(path.parent, (path.name,))
+            elif not path.suffix:  # an output folder (binarized/): everything staged inside it
+                remove_stale_staging(path)
+    remove_stale_staging(Path(cfg.run_dir), ("summary.json",))
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Run the selected steps of a composed config; return their counts."""
     steps = selected_steps(str(cfg.step))
+    check_steps_config(cfg, steps)
+    _remove_stale_outputs(cfg, steps)
     files = cfg.files
     summary: dict[str, Any] = {}
     show_progress = bool(cfg.get("progress_bar", True))
@@ -116,7 +154,7 @@ def _write_summary(cfg: DictConfig, summary: dict[str, Any]) -> None:
     log.info("run folder: %s", cfg.run_dir)
 
 
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="aif")
+@hydra_command(config_name="aif", config_path=CONF_DIR)
 def main(cfg: DictConfig) -> None:
     # One line per HTTP request (and per retry) at INFO would drown the log. The openai client logs
     # through httpx (or httpx2, in its newer releases).

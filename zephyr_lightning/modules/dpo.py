@@ -149,6 +149,10 @@ class DPOModule(CausalLMModule):
         return tuple(name for stage in ("train", "val") for metric in METRICS
                      for name in logged_names(stage, metric) if name is not None)
 
+    def epoch_metrics(self, stage: str) -> dict[str, torchmetrics.Metric]:
+        metrics = self.train_metrics if stage == "train" else self.val_metrics
+        return {logged_names(stage, name)[1]: metric for name, metric in metrics.items()}
+
     # ---- the step -------------------------------------------------------------------------------
 
     def preference_step(self, batch: dict[str, Any]) -> dict[str, Tensor]:
@@ -255,12 +259,14 @@ class DPOModule(CausalLMModule):
             warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode", category=PossibleUserWarning)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
         state = checkpoint.get("state_dict")
         if state is not None:
             for key in [k for k in state if k.startswith(REFERENCE_PREFIX)]:
                 del state[key]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
         state = checkpoint.get("state_dict")
         if state is None or self.model is None:
             return
