@@ -116,8 +116,10 @@ FILE_CASES = ("empty-file", "empty-row", "every-line-unreadable", "no-usable-row
 
 
 def test_every_documented_case_has_a_test():
+    from tests.test_user_errors import USER_ERROR_CASES
+
     documented = set(re.findall(r"^\| `([a-z0-9-]+)` \|", DOC.read_text(), flags=re.M))
-    tested = set(ROW_CASES) | set(LINE_CASES) | set(FILE_CASES)
+    tested = set(ROW_CASES) | set(LINE_CASES) | set(FILE_CASES) | set(USER_ERROR_CASES)
     assert documented == tested
 
 

@@ -71,9 +71,10 @@ def check_steps_config(cfg: DictConfig, steps: list[str]) -> None:
     """Every problem in the sections the selected steps use, all at once and each named by its key
     (``generate.models.local.model.name_or_path='/no/such': does not exist``), before a model loads.
     Sections of steps not run are not checked (``step=judge`` needs no generator model)."""
-    used = {section: cfg[section] for step, section in _SECTIONS.items() if step in steps and section in cfg}
-    plain = OmegaConf.to_container(OmegaConf.create(used), resolve=True) if used else {}
-    check_config(plain)
+    sections = [section for step, section in _SECTIONS.items() if step in steps and section in cfg]
+    # Each section resolved in place: its interpolations (${seed}) point into the whole config.
+    check_config({section: OmegaConf.to_container(cfg[section], resolve=True) for section in sections},
+                 {section: OmegaConf.to_container(cfg[section], resolve=False) for section in sections})
 
 
 def _remove_stale_outputs(cfg: DictConfig, steps: list[str]) -> None:
