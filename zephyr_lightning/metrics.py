@@ -75,6 +75,6 @@ def load_metric_states(metrics: Mapping[str, Metric], states: Mapping[str, Mappi
         if not holder or saved is None:
             continue
         for state, default in metric._defaults.items():
-            setattr(metric, state, saved[state].to(device=default.device, dtype=default.dtype))
+            setattr(metric, state, saved[state].to(device=default.device, dtype=default.dtype).clone())
         metric._update_count = int(saved.get("_update_count", 1))
         metric._computed = None
