@@ -1,7 +1,7 @@
-"""What every Hydra command shares at start-up: no credential in anything it writes, and user errors told
-in one message.
+"""What every command shares at start-up: no credential in anything it writes, and user errors told in one
+message.
 
-A command is written as::
+A Hydra command is written as::
 
     from zephyr_lightning.cli.app import hydra_command
 
@@ -12,20 +12,29 @@ A command is written as::
     if __name__ == "__main__":
         main()
 
-and `hydra_command` is the only thing it needs to call. Around Hydra it:
+and `hydra_command` (in place of ``hydra.main``) is the only thing it needs to call. A command without
+Hydra (argparse) runs its body inside `guarded_command`::
+
+    def main(argv: list[str] | None = None) -> None:
+        with guarded_command(argv):
+            ...
+
+Both:
 
 - finds the values the command line puts under secret keys (``+judge.api_key=...``, dict literals such
   as ``'+extra={api_key: ..., password: ...}'``, sweep choices) and adds them to the secrets blanked
   everywhere (`zephyr_lightning.secrets`), beside those of secret-looking environment variables;
 - blanks them in everything printed to the console (stdout and stderr, so Hydra's own "Error executing
   job with overrides: [...]" line and any traceback too) and in every log record, whichever file or
-  stream a handler writes it to;
-- once Hydra has written the run's records and before the command's first line, rewrites them without
-  credentials (``.hydra/config.yaml``, ``hydra.yaml``, ``overrides.yaml``; ``multirun.yaml`` of a sweep)
-  and blanks them in ``sys.argv`` (W&B records the command line);
+  stream a handler writes it to (records are blanked as they are made; tracebacks in log files by a
+  filter on every handler);
 - prints a user error (`zephyr_lightning.errors.UserError`, anywhere in the exception's chain: a bad
   config value, a missing file, bad data) as one message, ``Error: ...``, also written to the run's log
   file, and exits with status 1; ``HYDRA_FULL_ERROR=1`` shows the whole traceback instead (blanked too).
+
+`hydra_command` also, once Hydra has written the run's records and before the command's first line,
+rewrites them without credentials (``.hydra/config.yaml``, ``hydra.yaml``, ``overrides.yaml``;
+``multirun.yaml`` of a sweep) and blanks them in ``sys.argv`` (W&B records the command line).
 
 Library code that writes text of its own (a model card, a result record) still calls
 `zephyr_lightning.secrets.redact_text` / `redact` on it: files are not streams.
@@ -39,7 +48,7 @@ import logging
 import os
 import sys
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -96,6 +105,30 @@ class RedactingFilter(logging.Filter):
 _FILTER = RedactingFilter()
 
 
+@contextlib.contextmanager
+def redacted_log_records() -> Iterator[None]:
+    """Every log record made while the block runs has secrets blanked in its message, whichever logger
+    makes it and whichever handler (created before or after) writes it."""
+    previous = logging.getLogRecordFactory()
+
+    def make_record(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed call: let the handler report it as it would
+            return record
+        clean = redact_text(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        return record
+
+    logging.setLogRecordFactory(make_record)
+    try:
+        yield
+    finally:
+        logging.setLogRecordFactory(previous)
+
+
 def redact_log_handlers() -> None:
     """Put `RedactingFilter` on every handler of every logger (Hydra's console and log file, Lightning's
     console): a filter on a handler sees the records of every logger that reaches it."""
@@ -146,6 +179,24 @@ def report_user_error(message: str) -> None:
             handler.handle(record)
 
 
+@contextlib.contextmanager
+def guarded_command(argv: Sequence[str] | None = None) -> Iterator[None]:
+    """Run a command's body with the secrets of ``argv`` (default ``sys.argv[1:]``; ``key=value`` items
+    are read as Hydra overrides) and of the environment blanked on the console and in log records; a
+    user error ends it with one message and exit status 1, any other error with its (blanked) traceback."""
+    register_secret_values(override_secret_values(sys.argv[1:] if argv is None else argv))
+    with redacted_console(), redacted_log_records():
+        try:
+            yield
+        except Exception as error:
+            user_error = user_error_in(error)
+            if user_error is not None and not full_error_wanted():
+                report_user_error(str(user_error))
+            else:
+                traceback.print_exc()  # through the redacting stderr, before it is put back
+            raise SystemExit(1) from None
+
+
 def _single_run() -> bool:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
@@ -186,13 +237,9 @@ def hydra_command(config_name: str, config_path: str | Path | None = None) -> Ca
         def main(cfg: Any = None) -> Any:
             if cfg is not None:
                 return hydra_main(cfg)
-            register_secret_values(override_secret_values(sys.argv[1:]))
-            with redacted_console():
-                try:
-                    return hydra_main()
-                except Exception:  # only with HYDRA_FULL_ERROR=1: Hydra re-raises instead of printing
-                    traceback.print_exc()  # through the redacting stderr, before it is put back
-                    raise SystemExit(1) from None
+            # Exceptions reach it only with HYDRA_FULL_ERROR=1 (Hydra prints the others and exits).
+            with guarded_command():
+                return hydra_main()
 
         return main
 
