@@ -158,31 +158,32 @@ class _KillDuringValidation(L.Callback):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-def test_sigterm_as_a_validation_is_due_records_preempted_and_the_resumed_run_reports_the_same_metrics(
-        tmp_path, uninterrupted):
-    """SIGTERM during step 3, after which a validation is due (val_check_interval=0.5: steps 3, 6, 9, 12):
-    the step's checkpoint is written and the run stops before that validation. The resumed run runs it,
-    and its epoch metrics include the batches before the stop."""
-    proc = _start(tmp_path, *_signal_at(3, signal.SIGTERM))
-    _, stderr = proc.communicate(timeout=300)
-    assert proc.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+def test_stops_at_validations_resume_to_the_same_metrics_without_leftovers(tmp_path, uninterrupted):
+    """One run stopped twice, each time at a validation, then resumed to the end.
+
+    1. SIGTERM during step 3, after which a validation is due (val_check_interval=0.5: steps 3, 6, 9, 12):
+       the step's checkpoint is written, result.json says `preempted`, and the run stops before that
+       validation.
+    2. Resumed, it runs the validation of step 3, then is SIGKILLed in the middle of the validation after
+       step 6 (the end of epoch 0, just after the step-6 checkpoint). As a kill during a checkpoint write
+       would, a staging file, a stale last.ckpt and a never-removed step checkpoint are left behind.
+    3. Resumed again, it validates step 6 again, reports epoch 0's training metrics, removes the leftovers,
+       keeps save_top_k=1 (the step checkpoint it resumed from goes once superseded) and finishes.
+
+    Every `val/*` and `train/*_epoch` value, by step, and the final weights equal the uninterrupted run's.
+    """
+    first = _start(tmp_path, *_signal_at(3, signal.SIGTERM))
+    _, stderr = first.communicate(timeout=300)
+    assert first.returncode == 128 + signal.SIGTERM, stderr[-3000:]
     record = json.loads((tmp_path / "result.json").read_text())
     assert record["status"] == "preempted" and "stopped by SIGTERM at step 3" in record["error"]
-    assert not any(key[0].startswith("val/") for key in _epoch_and_validation_metrics(tmp_path))
-    _finish(_start(tmp_path, "resume=true"))
-    _assert_same_metrics(uninterrupted, tmp_path)
-    assert json.loads((tmp_path / "result.json").read_text())["status"] == "completed"
+    assert not any(name.startswith("val/") for name, _ in _epoch_and_validation_metrics(tmp_path))
 
-
-def test_kill_during_validation_reruns_it_clears_leftovers_and_keeps_retention(tmp_path, uninterrupted):
-    """kill -9 in the validation after step 6 (the end of epoch 0, just after the step-6 checkpoint). As a
-    kill during a checkpoint write would, leave a staging file, a stale last.ckpt and a superseded step
-    checkpoint. The resumed run validates step 6 again, reports epoch 0's training metrics, removes the
-    leftovers, and keeps save_top_k=1 (the step checkpoint it resumed from goes when superseded)."""
-    proc = _start(tmp_path, "+callbacks.kill._target_=tests.test_resume._KillDuringValidation",
-                  "+callbacks.kill.step=6")
-    proc.communicate(timeout=300)
-    assert proc.returncode == -signal.SIGKILL
+    second = _start(tmp_path, "resume=true", "+callbacks.kill._target_=tests.test_resume._KillDuringValidation",
+                    "+callbacks.kill.step=6")
+    second.communicate(timeout=300)
+    assert second.returncode == -signal.SIGKILL
+    assert ("val/loss", 2) in _epoch_and_validation_metrics(tmp_path)  # step 3's validation (logged at step 2)
     checkpoints = tmp_path / "checkpoints"
     assert sorted(p.name for p in checkpoints.glob("*.ckpt")) == ["epoch00-step000006.ckpt", "last.ckpt"]
     os.utime(checkpoints / "last.ckpt", (1, 1))  # as if the kill had come while last.ckpt was rewritten...
@@ -193,6 +194,7 @@ def test_kill_during_validation_reruns_it_clears_leftovers_and_keeps_retention(t
 
     _finish(_start(tmp_path, "resume=true"))
     _assert_same_metrics(uninterrupted, tmp_path)
+    assert json.loads((tmp_path / "result.json").read_text())["status"] == "completed"
     assert sorted(p.name for p in checkpoints.iterdir()) == ["epoch01-step000012.ckpt", "last.ckpt", "validated.json"]
     assert not list(tmp_path.glob(".*.partial"))
     a, b = _state(uninterrupted), _state(tmp_path)

@@ -75,6 +75,28 @@ def test_checkpoint_write_is_all_or_nothing(tmp_path, monkeypatch):
     assert io.load_checkpoint(path)["global_step"] == 1
 
 
+def test_stale_staging_is_told_from_everything_else(tmp_path):
+    from zephyr_lightning.atomic import atomic_write, remove_stale_staging, staging_files
+
+    for name in (".last.ckpt.ab12cd34.partial", ".judged.jsonl.x9y8z7w6.partial", "last.ckpt", "notes.partial",
+                 ".hidden"):
+        (tmp_path / name).write_text("x")
+    for name in ("hf", ".hf.partial-q1w2e3", ".hf2.partial-r4t5y6", ".hf.previous"):
+        (tmp_path / name).mkdir()
+    assert [p.name for p in staging_files(tmp_path, ("judged.jsonl",))] == [".judged.jsonl.x9y8z7w6.partial"]
+    # An export's staging folder goes only when its target exists (else it may be the only copy).
+    removed = remove_stale_staging(tmp_path)
+    assert sorted(p.name for p in removed) == [".hf.partial-q1w2e3", ".judged.jsonl.x9y8z7w6.partial",
+                                               ".last.ckpt.ab12cd34.partial"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".hf.previous", ".hf2.partial-r4t5y6", ".hidden", "hf",
+                                                          "last.ckpt", "notes.partial"]
+    # The names atomic_write stages under are the ones recognised.
+    with pytest.raises(RuntimeError), atomic_write(tmp_path / "out.json") as f:
+        f.write("{")
+        assert [p.name for p in staging_files(tmp_path, ("out.json",))][0].startswith(".out.json.")
+        raise RuntimeError("killed")
+
+
 def test_export_crash_leaves_no_folder_that_looks_complete(tmp_path, tokenizer, monkeypatch):
     model = build_tiny_mistral()
     out = tmp_path / "hf"
