@@ -7,9 +7,11 @@ from zephyr_lightning.callbacks.nonfinite import NonFiniteError, NonFiniteGuard
 from zephyr_lightning.callbacks.preemption import Preempted, PreemptionCheckpoint
 from zephyr_lightning.callbacks.random_state import RandomStateCheckpoint
 from zephyr_lightning.callbacks.reference_logps import PrecomputedReference
+from zephyr_lightning.callbacks.run_checkpoint import RunCheckpoint
 from zephyr_lightning.callbacks.sample_generation import SampleGeneration
 from zephyr_lightning.callbacks.throughput import TokenThroughput
 from zephyr_lightning.callbacks.update_guard import UpdateGuard
+from zephyr_lightning.callbacks.validation_record import ValidationRecord
 
 __all__ = [
     "BatchRecord",
@@ -21,7 +23,9 @@ __all__ = [
     "PrecomputedReference",
     "PreemptionCheckpoint",
     "RandomStateCheckpoint",
+    "RunCheckpoint",
     "SampleGeneration",
     "TokenThroughput",
     "UpdateGuard",
+    "ValidationRecord",
 ]

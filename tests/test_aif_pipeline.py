@@ -16,7 +16,7 @@ from tests.helpers import compose as compose_train
 from train import train
 from zephyr_lightning import PreferenceDataModule
 from zephyr_lightning.aif import Judge
-from zephyr_lightning.aif.__main__ import CONF_DIR, run
+from zephyr_lightning.cli.aif import CONF_DIR, run
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
@@ -73,13 +73,21 @@ def test_default_command_chains_into_dpo(aif_run, tmp_path, tokenizer):
 
 
 def test_steps_run_alone_in_the_same_folder(aif_run):
+    # What a judge step killed mid-write left: removed when the step runs again, and nothing else.
+    staging = aif_run / ".judged.jsonl.k2j4h5g6.partial"
+    staging.write_text('{"half": ')
+    (aif_run / "notes.partial").write_text("a user's file")
     # Re-judging asks nothing: every judgement is in the run folder's cache.
     summary = run(compose_aif(["step=judge"], aif_run))
     assert summary["judge"]["from_cache"] == 24 and summary["judge"]["judged"] == 0
+    assert not staging.exists() and (aif_run / "notes.partial").exists()
 
     # The "rejected = lowest" variant, binarized again from the same judged rows.
     lowest_dir = aif_run / "lowest"
+    lowest_dir.mkdir()
+    (lowest_dir / ".train_prefs.jsonl.q1w2e3r4.partial").write_text("{")
     run(compose_aif(["step=binarize", "binarize.rejected=lowest", f"files.binarized={lowest_dir}", "binarize.test_size=0"], aif_run))
+    assert sorted(p.name for p in lowest_dir.iterdir()) == ["train_prefs.jsonl"]
     judged = {r["instruction"]: r for r in read_rows(aif_run / "judged.jsonl")}
     for pair in read_rows(lowest_dir / "train_prefs.jsonl"):
         scores = [c["overall_score"] for c in judged[pair["prompt"]]["completions"]]

@@ -14,6 +14,7 @@ from tests.helpers import pref_row, write_jsonl
 from zephyr_lightning import PreferenceDataModule, SFTDataModule
 from zephyr_lightning.callbacks import DataSummary
 from zephyr_lightning.data.chat import BadRowError
+from zephyr_lightning.data.sources import DataError, load_split_report
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "data_errors.md"
 BAD_ID = "bad-row-7"
@@ -59,6 +60,10 @@ ROW_CASES = {
     "empty-content": [
         ("prefs", lambda r: r["chosen"][-1].update(content="  "), "empty content", {}),
         ("sft", lambda r: r["messages"][-1].update(content=""), "empty content", {}),
+    ],
+    "content-not-text": [
+        ("prefs", lambda r: r["chosen"][-1].update(content=5), "has content that is a JSON number (5), not a string", {}),
+        ("sft", lambda r: r["messages"][0].update(content=["a", "b"]), "has content that is a JSON list", {}),
     ],
     "final-turn-not-assistant": [
         ("prefs", lambda r: r["rejected"].pop(), "last message is 'user'", {}),
@@ -107,9 +112,14 @@ def _skipped(dm) -> int:
     return sum(n for status, n in dm.stats["train"].items() if status.startswith("bad"))
 
 
+FILE_CASES = ("empty-file", "empty-row", "every-line-unreadable", "no-usable-rows")
+
+
 def test_every_documented_case_has_a_test():
+    from tests.test_user_errors import USER_ERROR_CASES
+
     documented = set(re.findall(r"^\| `([a-z0-9-]+)` \|", DOC.read_text(), flags=re.M))
-    tested = set(ROW_CASES) | set(LINE_CASES) | {"no-usable-rows"}
+    tested = set(ROW_CASES) | set(LINE_CASES) | set(FILE_CASES) | set(USER_ERROR_CASES)
     assert documented == tested
 
 
@@ -196,8 +206,57 @@ def test_unreadable_line_names_file_and_line_or_is_skipped(tmp_path, tokenizer, 
 def test_no_usable_rows_is_always_an_error(tmp_path, tokenizer):
     rows = [pref_row("Same?", "Same.", "Same.", prompt_id=f"dup-{i}") for i in range(2)]
     path = write_jsonl(tmp_path / "train.jsonl", rows)
-    with pytest.raises(ValueError, match=r"\[train\]: no usable rows"):
+    with pytest.raises(DataError, match=r"\[train\]: no usable rows; of 2 rows: 2 bad: chosen and rejected "
+                                        r"completions are identical$"):
         _datamodule("prefs", path, tokenizer, on_bad_row="skip").setup("fit")
+
+
+@pytest.mark.parametrize("content", [b"", b"\n  \n\t\n"], ids=["0-bytes", "blank-lines"])
+def test_an_empty_file_says_it_is_empty(tmp_path, tokenizer, content):
+    path = tmp_path / "train.jsonl"
+    path.write_bytes(content)
+    what = "empty (0 bytes)" if not content else "only blank lines"
+    for on_bad_row in ("error", "skip"):
+        with pytest.raises(DataError, match=re.escape(f"{path}: the file is {what}; split 'train' has no rows")):
+            _datamodule("prefs", tmp_path, tokenizer, on_bad_row=on_bad_row).setup("fit")
+
+
+def test_a_file_of_unreadable_lines_says_no_row_is_left(tmp_path, tokenizer):
+    path = tmp_path / "train.jsonl"
+    path.write_bytes(b"not json\n\n[1, 2]\n{\"cut\n")
+    with pytest.raises(DataError, match=re.escape(f"{path}: no usable rows: every line is unreadable "
+                                                  "(2 invalid JSON, 1 not a JSON object)")):
+        _datamodule("prefs", path, tokenizer, on_bad_row="skip").setup("fit")
+
+
+def test_a_null_line_is_named_by_its_line_in_the_file(tmp_path, tokenizer):
+    """Rows of a local JSON-lines file are named by file line (blank and skipped lines counted), not by
+    their index among the rows."""
+    good = [json.dumps(r).encode() for r in _good_prefs()]
+    path = tmp_path / "train.jsonl"
+    path.write_bytes(b"\n".join([good[0], b"", b"null", good[1], b"{}", good[2]]) + b"\n")
+    with pytest.raises(BadRowError, match=re.escape(f"{path}:3 [train]: the row is empty")):
+        _datamodule("prefs", path, tokenizer, on_bad_row="error").setup("fit")
+    dm = _datamodule("prefs", path, tokenizer, on_bad_row="skip")
+    dm.setup("fit")
+    assert dm.datasets["train"]["prompt_id"] == ["good-0", "good-1", "good-2"]
+    assert dm.stats["train"]["bad: the row is empty (every column is null: a line `null` or `{}`)"] == 2
+
+    # An unreadable line (here 4) is skipped before datasets reads the file: the rows after it keep
+    # their own line numbers.
+    path.write_bytes(b"\n".join([good[0], b"", b"null", b"{broken", good[1], b"{}", good[2]]) + b"\n")
+    lines = load_split_report(str(path), "train", on_bad_line="skip").lines
+    assert [lines.line(i) for i in range(5)] == [1, 5, 6, 7, None]  # line 3 (null) is unreadable too
+
+
+def test_rows_of_a_local_file_are_named_by_line_and_prompt_id(tmp_path, tokenizer):
+    rows = _good_prefs()
+    rows[1]["chosen"][-1]["content"] = 5
+    path = write_jsonl(tmp_path / "train.jsonl", rows)
+    with pytest.raises(BadRowError) as err:
+        _datamodule("prefs", path, tokenizer).setup("fit")
+    assert str(err.value).startswith(f"{path}:2 [train] prompt_id=good-1 (chosen): message 1 (assistant) has "
+                                     "content that is a JSON number (5), not a string")
 
 
 def test_skips_reach_data_summary_json_and_the_loggers(tmp_path, tokenizer):

@@ -1,10 +1,16 @@
 """Exact resume: a run SIGKILLed mid-epoch and resumed ends with the weights of an uninterrupted run and
-sees every example exactly as often; pre-emption signals save and stop; resume finds the checkpoint."""
+sees every example exactly as often; a run stopped at a validation (SIGTERM as the step that owes it
+ends, kill -9 while it runs) reports the same epoch and validation metrics as an uninterrupted one once
+resumed; what a killed run left half-written is cleared and the retention rule holds after the resume;
+pre-emption signals save, record `preempted` and stop; resume finds the checkpoint."""
 
 from __future__ import annotations
 
+import csv
 import json
+import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -71,11 +77,49 @@ def _state(run_dir: Path) -> dict:
     return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
 
 
-def _check_exact_resume(tmp_path: Path, *extra: str) -> dict:
-    """Run uninterrupted, then SIGKILL a second run mid-epoch and resume it; require the same weights, AdamW
-    state, schedule and data. Returns the final checkpoint."""
-    uninterrupted, interrupted = tmp_path / "a", tmp_path / "b"
-    _finish(_start(uninterrupted, *extra))
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    """SMALL_RUN from start to end, without interruption: what every interrupted run must end up with."""
+    run_dir = tmp_path_factory.mktemp("uninterrupted")
+    _finish(_start(run_dir))
+    return run_dir
+
+
+def _metric_rows(run_dir: Path) -> list[dict[str, float]]:
+    """Every logged row of every CSV logger version of the run (a resumed run writes a new version)."""
+    rows = []
+    for path in sorted(run_dir.glob("csv/version_*/metrics.csv")):
+        with open(path) as f:
+            rows += [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
+    return rows
+
+
+def _epoch_and_validation_metrics(run_dir: Path) -> dict[tuple[str, int], float]:
+    """``(name, step)`` -> value of every validation metric and every training epoch metric; a value logged
+    again at the same step (by the resumed run) replaces the earlier one."""
+    out: dict[tuple[str, int], float] = {}
+    for row in _metric_rows(run_dir):
+        for name, value in row.items():
+            if name.startswith("val/") or (name.startswith("train/") and name.endswith("_epoch")):
+                out[(name, int(row["step"]))] = value
+    return out
+
+
+def _assert_same_metrics(uninterrupted: Path, resumed: Path) -> None:
+    expected, got = _epoch_and_validation_metrics(uninterrupted), _epoch_and_validation_metrics(resumed)
+    assert sorted(got) == sorted(expected), sorted(set(expected) ^ set(got))
+    for key, value in expected.items():
+        assert math.isclose(got[key], value, rel_tol=1e-5, abs_tol=1e-7), (key, value, got[key])
+    final = json.loads((resumed / "result.json").read_text())["metrics"]
+    baseline = json.loads((uninterrupted / "result.json").read_text())["metrics"]
+    for name, value in baseline.items():
+        if name.startswith("val/") or name.endswith("_epoch"):
+            assert math.isclose(final[name], value, rel_tol=1e-5, abs_tol=1e-7), (name, value, final[name])
+
+
+def _check_exact_resume(uninterrupted: Path, interrupted: Path, *extra: str) -> dict:
+    """SIGKILL a run mid-epoch and resume it; require the weights, AdamW state, schedule and data of the
+    ``uninterrupted`` run with the same overrides. Returns the final checkpoint."""
 
     first = _start(interrupted, *extra)
     _kill_after_step(first, interrupted, 3, signal.SIGKILL)  # mid-epoch 0, between checkpoints or not
@@ -105,15 +149,70 @@ def _check_exact_resume(tmp_path: Path, *extra: str) -> dict:
     return a
 
 
-def test_sigkilled_run_resumes_to_the_same_weights_and_data(tmp_path):
-    _check_exact_resume(tmp_path)
+def test_sigkilled_run_resumes_to_the_same_weights_and_data(tmp_path, uninterrupted):
+    _check_exact_resume(uninterrupted, tmp_path / "b")
 
 
 def test_sigkilled_lora_run_resumes_exactly_from_adapter_only_checkpoints(tmp_path):
     """LoRA with dropout (0.05) on top of attention dropout: the checkpoint holds the adapters alone, the base is
     rebuilt from its source, and the resumed run still ends bit-for-bit where the uninterrupted one did."""
-    final = _check_exact_resume(tmp_path, "model/peft=lora")
+    _finish(_start(tmp_path / "a", "model/peft=lora"))
+    final = _check_exact_resume(tmp_path / "a", tmp_path / "b", "model/peft=lora")
     assert final["state_dict"] and all(".lora_A." in k or ".lora_B." in k for k in final["state_dict"])
+
+
+class _KillDuringValidation(L.Callback):
+    """SIGKILLs this process in the middle of the validation after optimizer step ``step``."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        if not trainer.sanity_checking and trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_stops_at_validations_resume_to_the_same_metrics_without_leftovers(tmp_path, uninterrupted):
+    """One run stopped twice, each time at a validation, then resumed to the end.
+
+    1. SIGTERM during step 3, after which a validation is due (val_check_interval=0.5: steps 3, 6, 9, 12):
+       the step's checkpoint is written, result.json says `preempted`, and the run stops before that
+       validation.
+    2. Resumed, it runs the validation of step 3, then is SIGKILLed in the middle of the validation after
+       step 6 (the end of epoch 0, just after the step-6 checkpoint). As a kill during a checkpoint write
+       would, a staging file, a stale last.ckpt and a never-removed step checkpoint are left behind.
+    3. Resumed again, it validates step 6 again, reports epoch 0's training metrics, removes the leftovers,
+       keeps save_top_k=1 (the step checkpoint it resumed from goes once superseded) and finishes.
+
+    Every `val/*` and `train/*_epoch` value, by step, and the final weights equal the uninterrupted run's.
+    """
+    first = _start(tmp_path, *_signal_at(3, signal.SIGTERM))
+    _, stderr = first.communicate(timeout=300)
+    assert first.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    record = json.loads((tmp_path / "result.json").read_text())
+    assert record["status"] == "preempted" and "stopped by SIGTERM at step 3" in record["error"]
+    assert not any(name.startswith("val/") for name, _ in _epoch_and_validation_metrics(tmp_path))
+
+    second = _start(tmp_path, "resume=true", "+callbacks.kill._target_=tests.test_resume._KillDuringValidation",
+                    "+callbacks.kill.step=6")
+    second.communicate(timeout=300)
+    assert second.returncode == -signal.SIGKILL
+    assert ("val/loss", 2) in _epoch_and_validation_metrics(tmp_path)  # step 3's validation (logged at step 2)
+    checkpoints = tmp_path / "checkpoints"
+    assert sorted(p.name for p in checkpoints.glob("*.ckpt")) == ["epoch00-step000006.ckpt", "last.ckpt"]
+    os.utime(checkpoints / "last.ckpt", (1, 1))  # as if the kill had come while last.ckpt was rewritten...
+    (checkpoints / ".last.ckpt.k9x2ab7q.partial").write_bytes(b"half a checkpoint")  # ... leaving this
+    shutil.copy(checkpoints / "epoch00-step000006.ckpt", checkpoints / "epoch00-step000004.ckpt")
+    os.utime(checkpoints / "epoch00-step000004.ckpt", (2, 2))  # a step checkpoint never removed
+    (tmp_path / ".result.json.3fj29dkq.partial").write_text("{")
+
+    _finish(_start(tmp_path, "resume=true"))
+    _assert_same_metrics(uninterrupted, tmp_path)
+    assert json.loads((tmp_path / "result.json").read_text())["status"] == "completed"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["epoch01-step000012.ckpt", "last.ckpt", "validated.json"]
+    assert not list(tmp_path.glob(".*.partial"))
+    a, b = _state(uninterrupted), _state(tmp_path)
+    assert max((a["state_dict"][k] - b["state_dict"][k]).abs().max().item() for k in a["state_dict"]) < 1e-6
 
 
 class _SignalAtStep(L.Callback):

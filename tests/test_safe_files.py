@@ -75,6 +75,28 @@ def test_checkpoint_write_is_all_or_nothing(tmp_path, monkeypatch):
     assert io.load_checkpoint(path)["global_step"] == 1
 
 
+def test_stale_staging_is_told_from_everything_else(tmp_path):
+    from zephyr_lightning.atomic import atomic_write, remove_stale_staging, staging_files
+
+    for name in (".last.ckpt.ab12cd34.partial", ".judged.jsonl.x9y8z7w6.partial", "last.ckpt", "notes.partial",
+                 ".hidden"):
+        (tmp_path / name).write_text("x")
+    for name in ("hf", ".hf.partial-q1w2e3", ".hf2.partial-r4t5y6", ".hf.previous"):
+        (tmp_path / name).mkdir()
+    assert [p.name for p in staging_files(tmp_path, ("judged.jsonl",))] == [".judged.jsonl.x9y8z7w6.partial"]
+    # An export's staging folder goes only when its target exists (else it may be the only copy).
+    removed = remove_stale_staging(tmp_path)
+    assert sorted(p.name for p in removed) == [".hf.partial-q1w2e3", ".judged.jsonl.x9y8z7w6.partial",
+                                               ".last.ckpt.ab12cd34.partial"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".hf.previous", ".hf2.partial-r4t5y6", ".hidden", "hf",
+                                                          "last.ckpt", "notes.partial"]
+    # The names atomic_write stages under are the ones recognised.
+    with pytest.raises(RuntimeError), atomic_write(tmp_path / "out.json") as f:
+        f.write("{")
+        assert [p.name for p in staging_files(tmp_path, ("out.json",))][0].startswith(".out.json.")
+        raise RuntimeError("killed")
+
+
 def test_export_crash_leaves_no_folder_that_looks_complete(tmp_path, tokenizer, monkeypatch):
     model = build_tiny_mistral()
     out = tmp_path / "hf"
@@ -134,32 +156,120 @@ def test_secret_keys_are_recognised():
     assert redact({"note": "uses sk-env-secret-1"}, ["sk-env-secret-1"]) == {"note": f"uses {REDACTED}"}
 
 
-def test_no_api_key_reaches_any_file_the_run_writes(tmp_path):
-    secrets = {
-        "WANDB_API_KEY": "wandbkey" + "7" * 32,
-        "OPENAI_API_KEY": "sk-judgekey-0123456789abcdef",
-        "JUDGE_API_KEY": "judgekey-fedcba9876543210",
-        "HF_TOKEN": "hf_tokenvalue0123456789",
-    }
-    literal = "sk-literal-on-the-command-line-42"
-    wandb_dirs = {name: tmp_path / name.lower() for name in ("WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR")}
-    env = {**os.environ, **secrets, **{k: str(v) for k, v in wandb_dirs.items()},
-           "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    run_dir = tmp_path / "run"
-    result = subprocess.run(
-        [sys.executable, "train.py", "+experiment=dpo", f"hydra.run.dir={run_dir}", "logger=wandb",
-         "logger.wandb.offline=true", "trainer.max_steps=2", "+data.max_train_samples=8", "+data.max_val_samples=4",
-         "callbacks.sample_generation.max_new_tokens=2", f"+judge.api_key={literal}", "+judge.model=gpt-4"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    files = [p for folder in (run_dir, *wandb_dirs.values()) for p in folder.rglob("*") if p.is_file()]
-    records = [p.read_bytes() for p in files if p.suffix == ".wandb"]
-    assert records and b"gpt-4" in records[0]  # the config (and command line) reached W&B, redacted
-    texts = {str(p): p.read_bytes() for p in files}
+def test_secrets_in_dict_literal_overrides_are_found_and_blanked(monkeypatch):
+    import zephyr_lightning.secrets as secrets
+
+    monkeypatch.setattr(secrets, "_registered", set())
+    overrides = ["+extra={api_key: sk-dict-1234, db: {password: 'pass, phrase'}}", "+judge.api_key=sk-flat-5678",
+                 "judge.token=choice(tok-aaaa,tok-bbbb)", "+judge.api_key_env=MY_KEY", "judge.api_key=${oc.env:K}",
+                 "trainer.max_steps=2", "--multirun"]
+    found = secrets.override_secret_values(overrides)
+    assert found == ["sk-dict-1234", "pass, phrase", "sk-flat-5678", "tok-aaaa", "tok-bbbb"]
+    # Without knowing the values, the key: value and key=value patterns still blank them beside their key,
+    # as in Hydra's "Error executing job with overrides: [...]" line.
+    line = f"Error executing job with overrides: {overrides[:2]}"
+    assert redact(line, []) == ("Error executing job with overrides: [\"+extra={api_key: <redacted>, db: "
+                                "{password: <redacted>}}\", '+judge.api_key=<redacted>']")
+    assert redact('{"hf_token": "hf_abc", "pad_token": "</s>", "token": null}', []) == (
+        '{"hf_token": <redacted>, "pad_token": "</s>", "token": null}')
+    assert redact("judge.api_key=${oc.env:K}", []) == "judge.api_key=${oc.env:K}"  # names a variable
+    secrets.register_secret_values(found)
+    assert redact("the value sk-dict-1234 in passing, and pass, phrase") == f"the value {REDACTED} in passing, and {REDACTED}"
+
+
+# Credentials as a user may plant them: in the environment, flat on the command line, and in a dict literal.
+ENV_SECRETS = {
+    "WANDB_API_KEY": "wandbkey" + "7" * 32,
+    "OPENAI_API_KEY": "sk-judgekey-0123456789abcdef",
+    "JUDGE_API_KEY": "judgekey-fedcba9876543210",
+    "HF_TOKEN": "hf_tokenvalue0123456789",
+}
+LITERAL = "sk-literal-on-the-command-line-42"
+DICT_KEY, DICT_PASSWORD = "sk-dict-literal-key-0001", "pw dict literal 0002"
+SECRET_OVERRIDES = [f"+judge.api_key={LITERAL}", f"+extra={{api_key: {DICT_KEY}, db: {{password: '{DICT_PASSWORD}'}}}}"]
+PLANTED = (*ENV_SECRETS.values(), LITERAL, DICT_KEY, DICT_PASSWORD)
+
+
+def _run_command(args: list[str], tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
+    wandb_dirs = {name: str(tmp_path / name.lower()) for name in ("WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR")}
+    full_env = {**os.environ, **ENV_SECRETS, **wandb_dirs, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1",
+                "HF_DATASETS_OFFLINE": "1", **env}
+    full_env.pop("HYDRA_FULL_ERROR", None) if "HYDRA_FULL_ERROR" not in env else None
+    return subprocess.run([sys.executable, *args, *SECRET_OVERRIDES], cwd=ROOT, env=full_env, capture_output=True,
+                          text=True, timeout=600)
+
+
+def _assert_no_secret_anywhere(tmp_path: Path, result: subprocess.CompletedProcess) -> dict[str, bytes]:
+    """Every file under tmp_path (the run folder, W&B's folders), stdout and stderr: no planted value."""
+    texts = {str(p): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     texts["stdout"], texts["stderr"] = result.stdout.encode(), result.stderr.encode()
-    for value in (*secrets.values(), literal):
+    for value in PLANTED:
         leaked = [name for name, data in texts.items() if value.encode() in data]
         assert not leaked, f"{value} found in {leaked}"
-    assert f"+judge.api_key={REDACTED}" in (run_dir / ".hydra" / "overrides.yaml").read_text()
+    return texts
+
+
+def test_no_api_key_reaches_any_file_the_run_writes(tmp_path):
+    """A training run with W&B offline: .hydra/ (config, hydra.yaml, overrides), result.json, the W&B run
+    file that `wandb sync` uploads, the log, the console."""
+    run_dir = tmp_path / "run"
+    result = _run_command(
+        ["train.py", "+experiment=dpo", f"hydra.run.dir={run_dir}", "logger=wandb", "logger.wandb.offline=true",
+         "trainer.max_steps=2", "+data.max_train_samples=8", "+data.max_val_samples=4",
+         "callbacks.sample_generation.max_new_tokens=2", "+judge.model=gpt-4"], tmp_path, WANDB_MODE="offline")
+    assert result.returncode == 0, result.stderr[-3000:]
+    texts = _assert_no_secret_anywhere(tmp_path, result)
+    records = [data for name, data in texts.items() if name.endswith(".wandb")]
+    assert records and b"gpt-4" in records[0]  # the config (and command line) reached W&B, redacted
+    overrides = (run_dir / ".hydra" / "overrides.yaml").read_text()
+    assert f"+judge.api_key={REDACTED}" in overrides and f"+extra={{api_key: {REDACTED}, db: {{password:" in overrides
     assert "gpt-4" in (run_dir / ".hydra" / "config.yaml").read_text()  # the rest of the config is kept
+    assert json.loads((run_dir / "result.json").read_text())["status"] == "completed"
+
+
+def test_no_api_key_reaches_any_file_of_an_aif_run(tmp_path):
+    run_dir = tmp_path / "aif"
+    result = _run_command(["-m", "zephyr_lightning.aif", "step=generate", "prompts.limit=2",
+                           "generate.num_completions=1", f"hydra.run.dir={run_dir}", "progress_bar=false"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (run_dir / "generations.jsonl").exists() and (run_dir / "aif.log").exists()
+    _assert_no_secret_anywhere(tmp_path, result)
+    assert f"api_key: {REDACTED}" in (run_dir / ".hydra" / "config.yaml").read_text()
+
+
+@pytest.fixture(scope="module")
+def empty_data(tmp_path_factory) -> Path:
+    from tests.helpers import pref_row, write_jsonl
+
+    folder = tmp_path_factory.mktemp("empty_data")
+    (folder / "train_prefs.jsonl").write_bytes(b"")
+    write_jsonl(folder / "test_prefs.jsonl", [pref_row("Q?", "A.", "B.")])
+    return folder
+
+
+def test_a_failing_run_tells_a_user_error_in_one_message_and_no_secret(tmp_path, empty_data):
+    """Bad data found inside Lightning's fit: one message on stderr naming the file, exit status 1, the
+    error in result.json and the log; no traceback, and no credential in any of it."""
+    run_dir = tmp_path / "run"
+    result = _run_command(["train.py", "+experiment=dpo", f"hydra.run.dir={run_dir}", "logger=csv",
+                           f"data.path={empty_data}"], tmp_path)
+    assert result.returncode == 1
+    message = f"{empty_data / 'train_prefs.jsonl'}: the file is empty (0 bytes); split 'train_prefs' has no rows"
+    assert result.stderr.strip().splitlines()[-2:] == [f"Error: {message}",
+                                                       "(set HYDRA_FULL_ERROR=1 to see the traceback)"]
+    assert "Traceback" not in result.stderr + result.stdout
+    assert "Error executing job" not in result.stderr  # Hydra's line with every override
+    record = json.loads((run_dir / "result.json").read_text())
+    assert record["status"] == "failed" and record["error"] == f"DataError: {message}"
+    assert f"Error: {message}" in (run_dir / "train.log").read_text()
+    _assert_no_secret_anywhere(tmp_path, result)
+
+
+def test_hydra_full_error_shows_the_chain_and_still_no_secret(tmp_path, empty_data):
+    result = _run_command(["train.py", "+experiment=dpo", f"hydra.run.dir={tmp_path / 'run'}", "logger=csv",
+                           f"data.path={empty_data}"], tmp_path, HYDRA_FULL_ERROR="1")
+    assert result.returncode == 1
+    assert "Traceback (most recent call last)" in result.stderr
+    assert "zephyr_lightning.data.sources.DataError" in result.stderr and "the file is empty" in result.stderr
+    assert f"+judge.api_key={REDACTED}" in result.stderr  # Hydra's "Error executing job with overrides" line
+    _assert_no_secret_anywhere(tmp_path, result)

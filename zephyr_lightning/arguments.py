@@ -36,6 +36,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from zephyr_lightning.errors import InvalidValue
+
 __all__ = [
     "ArgumentError",
     "Field",
@@ -45,6 +47,7 @@ __all__ = [
     "declared_arguments",
     "declared_defaults",
     "describe_error",
+    "declared_types",
     "resolve_target",
     "value_problem",
     "NonNegative",
@@ -65,7 +68,7 @@ _CROSS_CHECKS = "__argument_cross_checks__"
 _CONFIG = ConfigDict(arbitrary_types_allowed=True)
 
 
-class ArgumentError(ValueError):
+class ArgumentError(InvalidValue):
     """One or more invalid arguments; ``errors`` lists them, each as ``key=value: problem``."""
 
     def __init__(self, errors: list[str]) -> None:
@@ -345,6 +348,11 @@ def check_arguments(target: Callable, arguments: Mapping[str, Any], *, prefix: s
 def declared_arguments(target: str | Callable) -> list[str]:
     """The names of every argument ``target`` accepts (following ``**kwargs`` into base classes)."""
     return list(_declaration(resolve_target(target)))
+
+
+def declared_types(target: str | Callable) -> dict[str, Any]:
+    """The declared type of every argument ``target`` accepts (``Any`` where none is declared)."""
+    return {name: annotation for name, (_, annotation) in _declaration(resolve_target(target)).items()}
 
 
 def declared_defaults(target: str | Callable) -> dict[str, Any]:

@@ -9,11 +9,21 @@ file under the real name.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import re
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
+
+log = logging.getLogger(__name__)
+
+# `atomic_write`'s staging files: "." + the target's name + "." + mkstemp's random part + ".partial"; and
+# the staging folders of `zephyr_lightning.export.staged_folder`: "." + the folder's name + ".partial-" + random.
+_STAGING = re.compile(r"^\.(?P<target>.+)\.[^.]+\.partial$")
+_STAGING_FOLDER = re.compile(r"^\.(?P<target>.+)\.partial-[^.]+$")
 
 
 def _default_mode() -> int:
@@ -47,3 +57,45 @@ def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
     except BaseException:
         Path(staging).unlink(missing_ok=True)
         raise
+
+
+def staging_files(folder: str | os.PathLike, targets: tuple[str, ...] | None = None) -> list[Path]:
+    """What a process killed mid-write left in ``folder`` (not below it): `atomic_write`'s staging files,
+    and the staging folders of exports whose target folder exists (so the staging one cannot be the only
+    copy). ``targets``: only those for files or folders with these names."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = []
+    for path in sorted(folder.iterdir()):
+        file, staged = _STAGING.match(path.name), _STAGING_FOLDER.match(path.name)
+        if file and path.is_file():
+            target = file["target"]
+        elif staged and path.is_dir() and (folder / staged["target"]).is_dir():
+            target = staged["target"]
+        else:
+            continue
+        if targets is None or target in targets:
+            found.append(path)
+    return found
+
+
+def remove_stale_staging(folder: str | os.PathLike, targets: tuple[str, ...] | None = None) -> list[Path]:
+    """Delete the staging files of killed writes in ``folder`` (see `staging_files`); returns them.
+
+    Call it when a run starts, on the one process that writes into ``folder``, before it writes: a
+    staging file is never read back (its target is complete or absent), and a checkpoint's can be as
+    large as the model.
+    """
+    removed = []
+    for path in staging_files(folder, targets):
+        try:
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        except FileNotFoundError:  # another process cleaned it first
+            continue
+        removed.append(path)
+        log.info("removed %s, left by a write that was interrupted", path)
+    return removed

@@ -284,6 +284,70 @@ def as_spec(source: str | ModelSpec | dict[str, Any]) -> ModelSpec:
     raise TypeError(f"expected a ModelSpec, a dict or a model name, got {type(source).__name__}")
 
 
+# What makes a folder a model (a full model, or a PEFT adapter over one) or a tokenizer.
+_MODEL_FILES = ("config.json", "adapter_config.json")
+_TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "tokenizer.model")
+
+
+def _looks_like_hub_name(source: str) -> bool:
+    """``name`` or ``namespace/name`` in the characters the Hub allows (``runs/sft/hf`` is not one)."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if source.startswith((".", "/", "~")) or "\\" in source:
+        return False
+    try:
+        validate_repo_id(source)
+    except HFValidationError:
+        return False
+    return True
+
+
+def _near_names(path: Path) -> str:
+    """``; did you mean ...`` naming the entries of the nearest existing parent folder like ``path``'s name."""
+    import difflib
+
+    parent = path.parent
+    while not parent.is_dir() and parent != parent.parent:
+        path, parent = parent, parent.parent
+    if not parent.is_dir():
+        return ""
+    close = difflib.get_close_matches(path.name, [p.name for p in parent.iterdir()], n=3, cutoff=0.6)
+    return f"; did you mean {' or '.join(repr(str(parent / name)) for name in close)}?" if close else ""
+
+
+def source_problem(source: str, *, kind: Literal["model", "tokenizer"] = "model", revision: str | None = None) -> str | None:
+    """Why ``source`` cannot be loaded as a model (or tokenizer), seen without loading anything; None
+    when it can, or when only loading can tell (a hub name while the network is allowed).
+
+    A local folder must hold a model (``config.json``, or a PEFT adapter's ``adapter_config.json``; for a
+    tokenizer its files); a path that is not there is named as such, with the near names in its folder;
+    with ``HF_HUB_OFFLINE=1`` a hub name must be in the local hub cache.
+    """
+    if source.startswith(BUILTIN_PREFIX):
+        return None  # ModelSpec's own rule names the built-in models
+    path = Path(source).expanduser()
+    wanted = _MODEL_FILES if kind == "model" else _TOKENIZER_FILES
+    if path.is_dir():
+        if any((path / name).is_file() for name in wanted):
+            return None
+        found = sorted(p.name for p in path.iterdir())
+        shown = f"{found[:8]}{' ...' if len(found) > 8 else ''}"
+        return f"the folder holds no {kind} (no {' or '.join(wanted)}); it has {shown}"
+    if path.exists():
+        return f"is a file; a local {kind} is a folder (with {wanted[0]}), e.g. an export DIR/hf"
+    if not _looks_like_hub_name(source):
+        return f"no such folder{_near_names(path)}"
+    import huggingface_hub
+    from huggingface_hub import try_to_load_from_cache
+
+    if huggingface_hub.constants.HF_HUB_OFFLINE:
+        cached = any(isinstance(try_to_load_from_cache(source, name, revision=revision), str) for name in wanted)
+        if not cached:
+            return (f"not a local folder, and not in the local hub cache (HF_HUB_OFFLINE=1 allows no download)"
+                    f"{_near_names(path)}")
+    return None
+
+
 def _from_pretrained_dtype_kwarg() -> str:
     # transformers 4.56 renamed `torch_dtype` to `dtype`; keep both majors working.
     major, minor = (int(x) for x in transformers.__version__.split(".")[:2])

@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from zephyr_lightning.errors import InvalidValue, MissingFile
+
 log = logging.getLogger(__name__)
 
 RESUME_CHOICES = (False, True, "auto")
@@ -45,18 +47,18 @@ def ckpt_choice_errors(ckpt_path: Any, resume: Any) -> list[Exception]:
     """
     errors: list[Exception] = []
     if resume not in RESUME_CHOICES:
-        errors.append(ValueError(f"resume={resume!r}: must be true, false or auto"))
+        errors.append(InvalidValue(f"resume={resume!r}: must be true, false or auto"))
         resume = False
     if ckpt_path in (None, "", "last"):
         return errors
     if not isinstance(ckpt_path, str):
-        errors.append(ValueError(f"ckpt_path={ckpt_path!r}: must be a file path, last, or null"))
+        errors.append(InvalidValue(f"ckpt_path={ckpt_path!r}: must be a file path, last, or null"))
     elif resume:
-        errors.append(ValueError(
+        errors.append(InvalidValue(
             f"ckpt_path={ckpt_path!r}: conflicts with resume={resume} (both choose a checkpoint); set one of them"
         ))
     elif not Path(ckpt_path).is_file():
-        errors.append(FileNotFoundError(f"ckpt_path={ckpt_path!r}: no such checkpoint file"))
+        errors.append(MissingFile(f"ckpt_path={ckpt_path!r}: no such checkpoint file"))
     return errors
 
 
@@ -86,7 +88,7 @@ def resolve_ckpt_path(ckpt_path: str | None, resume: bool | str, checkpoint_dir:
         log.info("resume=auto: no checkpoint in %s, starting from scratch", checkpoint_dir)
         return None
     asked = "ckpt_path=last" if ckpt_path == "last" else "resume=true"
-    raise FileNotFoundError(
+    raise MissingFile(
         f"{asked}: no checkpoint in {checkpoint_dir}. Point hydra.run.dir at the folder of the run to continue "
         "(each run gets a new timestamped folder otherwise), or use resume=auto to start fresh when there is none."
     )

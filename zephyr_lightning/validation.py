@@ -9,21 +9,25 @@ Two kinds of rules:
 
 - each object's own arguments: every node with a ``_target_`` is checked against its target's signature
   (`zephyr_lightning.arguments`), the same declaration its constructor and the sweep checker read;
-- rules across objects or about the run, which belong to no single class and live here: the data
-  splits exist, the trainer runs at least one step, ``resume`` / ``ckpt_path``, that an optimizer
-  step survives rounding in the dtype the parameters are trained in (`zephyr_lightning.precision`), and
-  that quantized weights (QLoRA) have a CUDA GPU, adapters to train and a strategy that takes them.
+- rules across objects or about the run, which belong to no single class and live here: every model
+  path names a model (``model.name_or_path``, ``module.reference``, an AIF generator's or judge's model:
+  any `ModelSpec` node, and any argument declared to take one), the data splits exist, the trainer runs
+  at least one step, ``resume`` / ``ckpt_path``, that an optimizer step survives rounding in the dtype
+  the parameters are trained in (`zephyr_lightning.precision`), and that quantized weights (QLoRA) have a
+  CUDA GPU, adapters to train and a strategy that takes them.
 """
 
 from __future__ import annotations
 
 import logging
 import numbers
+import typing
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from zephyr_lightning.arguments import argument_errors
+from zephyr_lightning.arguments import argument_errors, declared_types, resolve_target
 from zephyr_lightning.data.sources import split_file
+from zephyr_lightning.errors import InvalidValue
 from zephyr_lightning.models import quantization_problem, trained_spec_problem
 from zephyr_lightning.precision import masters_kept, rounded_update_problem, trainable_dtype
 from zephyr_lightning.resume import ckpt_choice_errors
@@ -35,7 +39,7 @@ _MISSING = object()
 _ORDER = ("module", "model", "optim", "data")
 
 
-class ConfigError(ValueError):
+class ConfigError(InvalidValue):
     """One or more invalid config values; ``errors`` lists them, each naming its key."""
 
     def __init__(self, errors: list[str]) -> None:
@@ -85,8 +89,9 @@ def _object_errors(cfg: Mapping[str, Any], unresolved: Any) -> list[str]:
 
 
 class _Checks:
-    def __init__(self, cfg: Mapping[str, Any]) -> None:
+    def __init__(self, cfg: Mapping[str, Any], unresolved: Any = None) -> None:
         self.cfg = cfg
+        self.unresolved = unresolved
         self.errors: list[str] = []
         self.notes: list[str] = []
 
@@ -146,6 +151,47 @@ def _check_data_sources(checks: _Checks) -> None:
     source, name = _get(checks.cfg, "data.path"), _get(checks.cfg, "data.name")
     for key in ("data.train_split", "data.val_split"):
         _check_split(checks, key, source, None if name is _MISSING else name)
+
+
+def _mentions(annotation: Any, cls: type) -> bool:
+    """Whether a declared type is ``cls`` or a union / ``Annotated`` that includes it."""
+    return annotation is cls or any(_mentions(arg, cls) for arg in typing.get_args(annotation))
+
+
+def _model_source(checks: _Checks, key: str, value: Any, kind: str = "model", revision: Any = None) -> None:
+    from zephyr_lightning.models import source_problem
+
+    if value == "???":
+        checks.fail(key, value, "missing: set it to a hub name or a local folder")
+    elif isinstance(value, str) and value:
+        problem = source_problem(value, kind=kind, revision=revision if isinstance(revision, str) else None)
+        if problem:
+            checks.fail(key, value, problem)
+
+
+def _check_model_sources(checks: _Checks) -> None:
+    """Every model a config names can be loaded: a local path exists and holds a model, a hub name is
+    reachable (in the cache when offline). Named by key, before a tokenizer or data set is loaded, so a
+    typo in a path is not blamed on the first object that happens to load it."""
+    from zephyr_lightning.models import ModelSpec
+
+    for key, node in target_nodes(checks.cfg, checks.unresolved):
+        try:
+            target = resolve_target(node["_target_"])
+        except ImportError:
+            continue  # reported by the argument checks
+        if target is ModelSpec:
+            _model_source(checks, f"{key}.name_or_path", node.get("name_or_path"), revision=node.get("revision"))
+            _model_source(checks, f"{key}.tokenizer_name_or_path", node.get("tokenizer_name_or_path"),
+                          kind="tokenizer", revision=node.get("revision"))
+            continue
+        try:
+            types = declared_types(target)
+        except (TypeError, ValueError):
+            continue
+        for name, annotation in types.items():
+            if _mentions(annotation, ModelSpec) and isinstance(node.get(name), str):
+                _model_source(checks, f"{key}.{name}", node[name])
 
 
 def _check_trainer(checks: _Checks) -> None:
@@ -274,8 +320,9 @@ def validate_config(cfg: Mapping[str, Any], unresolved: Mapping[str, Any] | None
     resolve=False)``): a node that merely repeats another (``module.policy: ${model}``) is then checked
     once, where it is defined.
     """
-    checks = _Checks(cfg)
+    checks = _Checks(cfg, unresolved)
     checks.errors.extend(_object_errors(cfg, unresolved))
+    _check_model_sources(checks)
     _check_data_sources(checks)
     _check_trainer(checks)
     _check_precision(checks)

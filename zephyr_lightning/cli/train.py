@@ -12,30 +12,31 @@ from __future__ import annotations
 
 import inspect
 import logging
-import sys
 import warnings
 from pathlib import Path
 from typing import Any
 
-import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
-from lightning.pytorch.trainer.states import TrainerStatus
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from zephyr_lightning.cli.configs import conf_dir, register_signatures
+from zephyr_lightning.atomic import remove_stale_staging
+from zephyr_lightning.callbacks import Preempted, ValidationRecord
+from zephyr_lightning.cli.app import hydra_command
+from zephyr_lightning.cli.configs import register_signatures
 from zephyr_lightning.loggers import announce_offline_run, finish_wandb_run
 from zephyr_lightning.plan import GIB, ShapeUnknown, plan_from_config, tokens_note
 from zephyr_lightning.resume import resolve_ckpt_path
-from zephyr_lightning.secrets import redact, redact_text, redact_yaml_files
+from zephyr_lightning.secrets import redact, redact_text
 from zephyr_lightning.sweeps.trials import (
     COMPLETED,
     FAILED,
+    PREEMPTED,
     TrainingDiverged,
     TrialResult,
     nonfinite_losses,
@@ -113,8 +114,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True)
 
     callbacks = _instantiate_group(cfg.get("callbacks"))
-    validations = _ValidationSteps()
+    validations = ValidationRecord()  # re-runs an interrupted validation; tells whether the end was validated
     callbacks.append(validations)
+    if rank_zero_only.rank == 0:  # what a killed run left half-written here: never read back
+        remove_stale_staging(cfg.paths.output_dir)
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.get("resume", False), _checkpoint_dir(callbacks, cfg))
     if ckpt_path is not None:  # a resumed run writes into its own checkpoint folder: that is expected
         warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
@@ -157,57 +160,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-class _ValidationSteps(L.Callback):
-    """Validates the final weights inside fit, so that every callback of the fit's end (the HF export and its
-    model card) sees the final validation metrics: on the optimizer step that reaches ``max_steps`` with no
-    validation there, it asks Lightning to stop, and Lightning validates before stopping (it does for any
-    stop request). Also remembers the step of the last finished validation, so `train` can validate after
-    fit in the cases Lightning's loop cannot (validation only every N epochs)."""
-
-    def __init__(self) -> None:
-        self.last_step = -1
-
-    def state_dict(self) -> dict[str, int]:
-        return {"last_step": self.last_step}
-
-    def load_state_dict(self, state_dict: dict[str, int]) -> None:
-        self.last_step = int(state_dict.get("last_step", -1))
-
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
-        if 0 <= trainer.max_steps <= trainer.global_step and self.last_step < trainer.global_step and not trainer.should_stop:
-            log.info("step %d reaches max_steps: validating the final weights", trainer.global_step)
-            trainer.should_stop = True
-
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.sanity_checking:
-            self.last_step = trainer.global_step
-
-    def stale(self, trainer: L.Trainer, datamodule: L.LightningDataModule) -> bool:
-        """True when the weights at the end of fit were never validated (and there is something to validate)."""
-        if trainer.state.status != TrainerStatus.FINISHED or trainer.limit_val_batches == 0:
-            return False
-        loaders = datamodule.val_dataloader()
-        return bool(loaders) and trainer.global_step > self.last_step
-
-
 def _record(cfg: DictConfig, result: TrialResult) -> None:
     if rank_zero_only.rank == 0:
         write_result(cfg.paths.output_dir, result)
-
-
-def _redact_hydra_outputs() -> None:
-    """Hydra has written the config and the command line (``.hydra/``, ``multirun.yaml``) before
-    calling `main`; blank any credential a user put there, and in ``sys.argv`` (W&B records it)."""
-    hydra_cfg = HydraConfig.get()
-    folders = []
-    if hydra_cfg.output_subdir is not None:
-        folders.append(Path(hydra_cfg.runtime.output_dir) / hydra_cfg.output_subdir)
-    if hydra_cfg.mode == RunMode.MULTIRUN:
-        folders.append(Path(hydra_cfg.sweep.dir))
-    for folder in folders:
-        redact_yaml_files(folder)
-    sys.argv[:] = [redact_text(arg) for arg in sys.argv]
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
@@ -219,7 +174,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     return run_pipeline(cfg, train)
 
 
-@hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="train")
+@hydra_command(config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Train (one stage, or every stage of a pipeline config); return the value of `optimized_metric` for a sweeper, or None when the run failed.
 
@@ -228,8 +183,11 @@ def main(cfg: DictConfig) -> float | None:
     answered with None, which Hydra's Optuna sweeper records as a failed trial before going on; a single
     run re-raises (exit code 1: W&B's agent marks the run failed). None and not NaN: Optuna 2.10, under
     hydra-optuna-sweeper 1.3, raises on a NaN value, which would end the whole sweep.
+
+    A run stopped by SIGTERM/SIGUSR1 after saving its checkpoint records status ``preempted`` and exits
+    with 128 + the signal number. `hydra_command` (`zephyr_lightning.cli.app`) keeps credentials out of
+    everything the run writes and prints user errors as one message.
     """
-    _redact_hydra_outputs()
     hydra_cfg = HydraConfig.get()
     wandb_cfg = OmegaConf.select(cfg, "logger.wandb")
     result = TrialResult(
@@ -247,6 +205,10 @@ def main(cfg: DictConfig) -> float | None:
                 result.warnings.append(f"optimized_metric={result.optimized_metric!r} was not logged; logged: "
                                        f"{sorted(result.metrics)}")
                 log.warning("%s", result.warnings[-1])
+    except Preempted as stop:
+        result.status, result.error = PREEMPTED, str(stop)
+        _record(cfg, result)
+        raise
     except Exception as error:
         result.error = redact_text(f"{type(error).__name__}: {error}")
         result.metrics = result.metrics or getattr(error, "metrics", {})

@@ -30,7 +30,7 @@ from zephyr_lightning.data.mixture import (
 )
 from zephyr_lightning.data.resumable import ResumableDataLoader
 from zephyr_lightning.data.schema import Kind
-from zephyr_lightning.data.sources import BadLine, BadRowError, prompt_id_of
+from zephyr_lightning.data.sources import BadLine, BadRowError, DataError, RowLines, prompt_id_of
 from zephyr_lightning.models import ModelSpec, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -43,10 +43,15 @@ ON_BAD_ROW: tuple[str, ...] = get_args(OnBadRow)
 KEPT = ("ok", "truncated")
 
 
-def row_label(source: str, split: str, row: dict[str, Any], index: int) -> str:
-    """How errors name a row: its prompt_id when it has one, else its index in the split."""
+def row_label(source: str, split: str, row: dict[str, Any], index: int, lines: RowLines | None = None) -> str:
+    """How errors name a row: ``file:line`` for a row of a local JSON-lines file, else the source and its
+    index in the split; then its prompt_id when it has one."""
     pid = row.get("prompt_id")
-    return f"{source} [{split}] prompt_id={pid}" if pid else f"{source} [{split}] row {index}"
+    line = lines.line(index) if lines is not None else None
+    where = f"{lines.file}:{line} [{split}]" if line is not None else f"{source} [{split}]"
+    if pid:
+        return f"{where} prompt_id={pid}"
+    return where if line is not None else f"{where} row {index}"
 
 
 class RowTokenizer:
@@ -59,9 +64,10 @@ class RowTokenizer:
     """
 
     columns: tuple[str, ...] = ()
-    # (source, split) of each mixture source, by the ``_source`` column of a mixed split; errors name
-    # a row's own source. Empty: every row is of ``source`` [``split``].
-    origins: tuple[tuple[str, str], ...] = ()
+    # (source, split, file lines) of each mixture source, by the ``_source`` column of a mixed split: errors
+    # name a row's own source, and for a local JSON-lines file its file line. Empty: every row is of
+    # ``source`` [``split``].
+    origins: tuple[tuple[str, str, RowLines | None], ...] = ()
 
     def __init__(
         self, tokenizer: PreTrainedTokenizerBase, *, source: str, split: str, on_bad_row: str, chat_format: ChatFormat
@@ -92,9 +98,12 @@ class RowTokenizer:
         for values, index in zip(zip(*batch.values()), indices):
             row = dict(zip(batch, values))
             position, index = row.pop("_source", None), row.pop("_index", index)
-            source, split = self.origins[position] if position is not None and self.origins else (self.source, self.split)
-            where = row_label(source, split, row, index)
+            source, split, lines = (self.origins[position] if position is not None and self.origins
+                                    else (self.source, self.split, None))
+            where = row_label(source, split, row, index, lines)
             try:
+                if all(value is None for value in row.values()):
+                    raise BadRowError(f"{where}: the row is empty (every column is null: a line `null` or `{{}}`)")
                 values_out, status = self.tokenize_row(row, where)
             except BadRowError as err:
                 if self.on_bad_row == "error":
@@ -247,7 +256,7 @@ class ChatDataModule(L.LightningDataModule):
         )
         if mixed is None:
             if not test:
-                raise ValueError(f"{self.source_label}: no source gives training rows (a fraction of 0 for every one?)")
+                raise DataError(f"{self.source_label}: no source gives training rows (a fraction of 0 for every one?)")
             return None
         test_prompts = None
         if not test and self.deduplicate != "off" and (val := self.prepared("val")) is not None:
@@ -271,7 +280,7 @@ class ChatDataModule(L.LightningDataModule):
         raw = prepared.cleaned.rows
         split = self.splits[stage]
         tokenize = self.row_tokenizer(split)
-        tokenize.origins = tuple((s.path, p.split or split) for s, p in zip(self.sources, prepared.mixed.parts))
+        tokenize.origins = tuple((s.path, p.split or split, p.lines) for s, p in zip(self.sources, prepared.mixed.parts))
         if len(raw) == 0:
             return None
         return raw.map(
@@ -310,7 +319,9 @@ class ChatDataModule(L.LightningDataModule):
             self.unreadable[key] = [line for _, line in prepared.mixed.unreadable]
             kept = data.filter(lambda s: s in KEPT, input_columns="status") if data is not None else []
             if len(kept) == 0:
-                raise ValueError(f"{self.source_label} [{self.splits[key]}]: no usable rows ({dict(statuses)})")
+                reasons = ", ".join(f"{n} {status}" for status, n in statuses.most_common())
+                raise DataError(f"{self.source_label} [{self.splits[key]}]: no usable rows; of {sum(statuses.values())} "
+                                f"rows: {reasons}")
             self.datasets[key] = kept.remove_columns(["status", "_source"])
             self._log_stats(key, statuses)
         self.after_setup()

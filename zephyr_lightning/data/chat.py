@@ -17,7 +17,7 @@ from typing import Any
 from transformers import PreTrainedTokenizerBase
 
 from zephyr_lightning.chat_format import RAW, ChatFormat, render
-from zephyr_lightning.data.sources import BadRowError
+from zephyr_lightning.data.sources import BadRowError, json_type
 
 ROLES = ("system", "user", "assistant")
 def validate_messages(messages: Any, *, where: str, final_assistant: bool = False) -> list[dict[str, str]]:
@@ -36,7 +36,10 @@ def validate_messages(messages: Any, *, where: str, final_assistant: bool = Fals
         role, content = message["role"], message["content"]
         if role not in ROLES:
             raise BadRowError(f"{where}: message {i} has role {role!r}; expected one of {list(ROLES)}")
-        if not isinstance(content, str) or not content.strip():
+        if content is not None and not isinstance(content, str):
+            raise BadRowError(f"{where}: message {i} ({role}) has content that is {json_type(content)} "
+                              f"({content!r:.60}), not a string")
+        if content is None or not content.strip():
             raise BadRowError(f"{where}: message {i} ({role}) has empty content")
         if i > 0 and role == clean[-1]["role"]:
             raise BadRowError(f"{where}: messages {i - 1} and {i} are both {role!r}; roles must alternate")

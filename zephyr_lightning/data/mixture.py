@@ -51,7 +51,14 @@ from zephyr_lightning.data.schema import (
     plan_conversion,
     rename_columns,
 )
-from zephyr_lightning.data.sources import BadLine, load_split_report, resolve_path, split_file
+from zephyr_lightning.data.sources import (
+    BadLine,
+    DataError,
+    RowLines,
+    load_split_report,
+    resolve_path,
+    split_file,
+)
 
 log = logging.getLogger(__name__)
 
@@ -177,6 +184,7 @@ class SourcePart:
     available: int = 0  # rows in the source's split
     taken: int = 0  # rows drawn from it
     file: Path | None = None  # the local file read, if any
+    lines: RowLines | None = None  # its rows' file lines (a local JSON-lines file), for error messages
 
 
 @dataclass
@@ -252,9 +260,12 @@ def load_mixed_split(
         attempted = True
         part.file = split_file(source.path, split)
         report = load_split_report(source.path, split, name=source.name, cache_dir=cache_dir, on_bad_line=on_bad_row)
+        part.lines = report.lines
         for line in report.bad_lines:
             mixed.statuses[(position, f"bad: {line.kind}")] += 1
             mixed.unreadable.append((position, line))
+        if len(report.rows) == 0 and not report.bad_lines:
+            raise DataError(f"{where}: the split has no rows (an empty file?)")
         if len(report.rows) == 0:  # nothing readable (every line skipped): counted above, no schema to check
             continue
         rows = rename_columns(report.rows, source.columns, where)

@@ -1,6 +1,6 @@
 """Run the whole Mini-Zephyr recipe from one composed config: ``python train.py +experiment=zephyr_tiny``.
 
-This is Hydra glue, like ``zephyr_lightning/aif/__main__.py``: the only module of ``zephyr_lightning.mini``
+This is Hydra glue, like ``zephyr_lightning/cli/aif.py``: the only module of ``zephyr_lightning.mini``
 that reads a config (the package itself imports without Hydra). `train.py` hands a config that has a
 ``pipeline`` key to `run_pipeline`, together with its own one-stage ``train`` function, and each seed
 runs five stages, each writing under ``DIR/seed<N>/<stage>``:
@@ -37,7 +37,7 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from zephyr_lightning.aif.__main__ import run as run_aif
+from zephyr_lightning.cli.aif import run as run_aif
 from zephyr_lightning.mini.evaluate import evaluate_models
 from zephyr_lightning.mini.report import SeedResult, write_report
 from zephyr_lightning.mini.teacher import write_teacher_data

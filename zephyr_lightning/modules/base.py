@@ -1,22 +1,40 @@
 """What SFT and DPO share: loading the trained model, optimizer and schedule, hyper-parameters, and
-checkpoints that hold what training changes."""
+checkpoints that hold what training changes and the epoch metrics' running totals."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict
 from typing import Any
 
 import lightning as L
 from torch import nn
+from torchmetrics import Metric
 from transformers import PreTrainedModel
 
 from zephyr_lightning import adapters
 from zephyr_lightning.arguments import ArgumentError
 from zephyr_lightning.data.collators import batch_tokens
+from zephyr_lightning.metrics import load_metric_states, metric_states
 from zephyr_lightning.models import ModelSpec, as_spec, trained_spec_problem
 from zephyr_lightning.optim import OptimizerConfig, build_optimizer
 
+log = logging.getLogger(__name__)
+
 MODEL_PREFIX = "model."
+
+# The checkpoint entry holding the training epoch metrics' totals so far (`CausalLMModule.epoch_metrics`).
+EPOCH_METRIC_STATES = "epoch_metric_states"
+
+
+def _epoch_ended(checkpoint: dict[str, Any]) -> bool:
+    """Whether the checkpoint was taken after the last batch of an epoch but before the epoch's end (a
+    step checkpoint, or a pre-emption, on the last batch): a resumed run starts the next epoch, and the
+    saved totals belong to the one that ended."""
+    try:
+        return bool(checkpoint["loops"]["fit_loop"]["epoch_loop.batch_progress"]["is_last_batch"])
+    except (KeyError, TypeError):
+        return False
 
 
 def as_optimizer_config(optim: OptimizerConfig | dict[str, Any] | None) -> OptimizerConfig:
@@ -70,6 +88,7 @@ class CausalLMModule(L.LightningModule):
         # Checkpoints leave frozen weights out (a DPO reference, an adapter run's base): loading accepts
         # their absence, and `on_load_checkpoint` insists on every trained weight instead.
         self.strict_loading = False
+        self._ended_epoch: tuple[int, dict[str, Any]] | None = None  # see _load_epoch_metrics
         # Saved under the subclass's own argument name, so load_from_checkpoint can call it back.
         self.save_hyperparameters({model_arg: model_hparam, "optim": asdict(self.optim), **hparams})
 
@@ -81,6 +100,45 @@ class CausalLMModule(L.LightningModule):
         ``self.log`` names from the same source, so the list cannot drift from what is logged.
         """
         return ()
+
+    def epoch_metrics(self, stage: str) -> dict[str, Metric]:
+        """The torchmetrics objects behind this module's epoch-level metrics of ``stage`` (``train`` or
+        ``val``), by the name they are logged under (``train/loss_epoch``)."""
+        return {}
+
+    def _save_epoch_metrics(self, checkpoint: dict[str, Any]) -> None:
+        # Lightning keeps neither torchmetrics states (not persistent) nor its own running epoch values in a
+        # checkpoint: without these totals a resumed run's `train/*_epoch` would cover only the batches
+        # after the resume. Validation metrics need none: an interrupted validation is run again whole
+        # (`zephyr_lightning.callbacks.ValidationRecord`). Every rank gets here (a collective call).
+        checkpoint[EPOCH_METRIC_STATES] = metric_states(self.epoch_metrics("train"))
+
+    def _load_epoch_metrics(self, checkpoint: dict[str, Any]) -> None:
+        states = checkpoint.get(EPOCH_METRIC_STATES)
+        if states is None:
+            return
+        if _epoch_ended(checkpoint):
+            # Lightning goes on with the next epoch without ending this one: report it at the start.
+            self._ended_epoch = (int(checkpoint.get("epoch", 0)), states)
+            return
+        load_metric_states(self.epoch_metrics("train"), states, holder=self.global_rank == 0)
+
+    def on_train_start(self) -> None:
+        if self._ended_epoch is None:
+            return
+        epoch, states = self._ended_epoch
+        self._ended_epoch = None
+        metrics = self.epoch_metrics("train")
+        load_metric_states(metrics, states, holder=True)  # the totals of the whole job: no reduction
+        values = {name: metric.compute() for name, metric in metrics.items()}
+        for metric in metrics.values():
+            metric.reset()
+        self.trainer.callback_metrics.update(values)
+        step = self.trainer.fit_loop.epoch_loop._batches_that_stepped
+        for logger in self.trainer.loggers if self.trainer.is_global_zero else ():
+            logger.log_metrics({**{k: float(v) for k, v in values.items()}, "epoch": epoch}, step=step)
+        log.info("epoch %d ended at the checkpoint this run resumed from: %s", epoch,
+                 ", ".join(f"{k}={float(v):.4f}" for k, v in sorted(values.items())))
 
     def configure_model(self) -> None:
         # Lightning may call this more than once (fit, then validate/test): build only once.
@@ -102,6 +160,7 @@ class CausalLMModule(L.LightningModule):
             self.adapter_keys = {MODEL_PREFIX + name for name in adapters.trainable_parameter_names(self.model)}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._save_epoch_metrics(checkpoint)
         state = checkpoint.get("state_dict")
         if state is None:
             return
@@ -110,6 +169,7 @@ class CausalLMModule(L.LightningModule):
             del state[key]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._load_epoch_metrics(checkpoint)
         state = checkpoint.get("state_dict")
         if state is None or self.model is None:
             return

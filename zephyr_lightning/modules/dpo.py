@@ -173,6 +173,10 @@ class DPOModule(CausalLMModule):
         return tuple(name for stage in ("train", "val") for metric in METRICS
                      for name in logged_names(stage, metric) if name is not None)
 
+    def epoch_metrics(self, stage: str) -> dict[str, torchmetrics.Metric]:
+        metrics = self.train_metrics if stage == "train" else self.val_metrics
+        return {logged_names(stage, name)[1]: metric for name, metric in metrics.items()}
+
     # ---- the step -------------------------------------------------------------------------------
 
     def preference_step(self, batch: dict[str, Any]) -> dict[str, Tensor]:

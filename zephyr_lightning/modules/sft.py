@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from torch import Tensor
+from torchmetrics import Metric
 from transformers import PreTrainedModel
 
 from zephyr_lightning.logprobs import batch_inputs, token_logprobs
@@ -47,6 +48,11 @@ class SFTModule(CausalLMModule):
     @classmethod
     def logged_metrics(cls) -> tuple[str, ...]:
         return (TRAIN_LOSS, TRAIN_LOSS_EPOCH, TRAIN_SCORED_TOKENS, VAL_LOSS, VAL_PERPLEXITY)
+
+    def epoch_metrics(self, stage: str) -> dict[str, Metric]:
+        if stage == "train":
+            return {TRAIN_LOSS_EPOCH: self.train_nll}
+        return {VAL_LOSS: self.val_nll, VAL_PERPLEXITY: self.val_perplexity}
 
     def scored_logprobs(self, batch: dict[str, Any]) -> Tensor:
         logps, _ = token_logprobs(self.model, batch["input_ids"], batch["loss_mask"], **batch_inputs(batch))

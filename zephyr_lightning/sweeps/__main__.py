@@ -11,6 +11,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from zephyr_lightning.cli.app import guarded_command
 from zephyr_lightning.sweeps.check import QUICK_RUN_OVERRIDES, check_sweep_file, run_sweep_command
 
 
@@ -32,7 +33,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    """Check the files; 1 when any has a problem. Secrets on the command line or in the environment are
+    blanked in what it prints (`zephyr_lightning.cli.app.guarded_command`)."""
+    with guarded_command(argv):
+        return _check(_parser().parse_args(argv))
+
+
+def _check(args: argparse.Namespace) -> int:
     failed = 0
     for path in args.files:
         check = check_sweep_file(path, config_dir=args.config_dir, config_name=args.config_name, root=args.root)

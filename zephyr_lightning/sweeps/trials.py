@@ -1,7 +1,7 @@
 """What one run of a sweep ended with, written into its run folder, and the table of a whole sweep.
 
-Every run of ``train.py`` writes ``result.json`` into its run folder: the status (``completed`` or
-``failed``), the optimised metric and its value, every final metric, the error of a failed run and the
+Every run of ``train.py`` writes ``result.json`` into its run folder: the status (``completed``,
+``failed`` or ``preempted``), the optimised metric and its value, every final metric, the error of a failed run and the
 command-line overrides that made the run. A sweep's folder then holds one per trial, whichever sweeper
 (Optuna, basic grid) or agent ran them, and `write_trials_table` gathers them into ``trials.csv``.
 """
@@ -22,6 +22,7 @@ RESULT_FILE = "result.json"
 TRIALS_TABLE = "trials.csv"
 COMPLETED = "completed"
 FAILED = "failed"
+PREEMPTED = "preempted"  # stopped by SIGTERM/SIGUSR1 after saving a checkpoint; resume=true continues it
 
 
 class TrainingDiverged(RuntimeError):
