@@ -52,3 +52,13 @@ def tiny_model_dir(tmp_path_factory, tokenizer):
     build_tiny_mistral(seed=1).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+@pytest.fixture
+def hub_names_unchecked(monkeypatch):
+    """Validate a recipe that names hub models as on a machine with network access: they are not cached
+    here, and offline (as the suite runs) validation would rightly refuse them. Nothing is downloaded:
+    online, validation leaves hub names to loading."""
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)

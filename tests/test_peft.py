@@ -257,7 +257,7 @@ def _errors(cfg) -> list[str]:
 
 
 @pytest.mark.parametrize("recipe", ["zephyr_7b_sft_qlora", "zephyr_7b_dpo_qlora"])
-def test_qlora_recipes_are_valid_but_for_the_missing_gpu(recipe, tmp_path):
+def test_qlora_recipes_are_valid_but_for_the_missing_gpu(recipe, tmp_path, hub_names_unchecked):
     cfg = compose([f"+experiment={recipe}"], tmp_path)
     assert cfg.model.quantization == "4bit" and cfg.model.peft._target_ == "peft.LoraConfig"
     assert (cfg.model.dtype, cfg.trainer.precision, cfg.trainer.devices) == ("bfloat16", "bf16-mixed", 1)
@@ -267,7 +267,7 @@ def test_qlora_recipes_are_valid_but_for_the_missing_gpu(recipe, tmp_path):
     assert [e.split(":")[0] for e in _errors(ddp)] == ["model.quantization='4bit'"]
 
 
-def test_lora_under_fsdp_needs_one_dtype_per_unit(tmp_path):
+def test_lora_under_fsdp_needs_one_dtype_per_unit(tmp_path, hub_names_unchecked):
     lora_fsdp = ["+experiment=zephyr_7b_dpo_qlora", "model.quantization=null", "strategy=fsdp", "trainer.devices=8",
                  "model.name_or_path=HuggingFaceH4/mistral-7b-sft-beta"]
     assert _errors(compose([*lora_fsdp, "model.dtype=float32"], tmp_path)) == []

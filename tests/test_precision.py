@@ -48,13 +48,13 @@ def _tiny_stage(recipe: str, tmp_path, *extra: str):
 
 @pytest.mark.parametrize("recipe", sorted(FULL_RECIPES))
 def test_full_recipes_precision_keeps_updates_at_the_papers_lr(recipe, tmp_path, monkeypatch):
-    import huggingface_hub
-
     full, cfg = _tiny_stage(recipe, tmp_path)
     assert full.model.dtype == "float32" and full.trainer.precision == "bf16-mixed"  # fp32 masters, bf16 compute
-    # The recipe's hub model is not cached here; offline, validation would rightly refuse it.
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-    assert validate_config(OmegaConf.to_container(full, resolve=True), OmegaConf.to_container(full, resolve=False)) == []
+    with monkeypatch.context() as patch:  # the recipe's hub model, as on a machine with network access
+        import huggingface_hub
+
+        patch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+        assert validate_config(OmegaConf.to_container(full, resolve=True), OmegaConf.to_container(full, resolve=False)) == []
     metrics = train(cfg)
     assert metrics["train/updated_share"] >= 0.9, metrics["train/updated_share"]
 
