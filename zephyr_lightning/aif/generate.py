@@ -54,8 +54,9 @@ def shard_dir(output: str | Path) -> Path:
     return output.with_name(output.stem)
 
 
-def _check_settings(shard: Path, settings: dict[str, Any]) -> None:
-    """Refuse to resume a shard made with other settings: the output would mix two distributions."""
+def check_settings(shard: Path, settings: dict[str, Any]) -> None:
+    """Refuse to resume a shard made with other settings: the output would mix two distributions.
+    The settings are kept beside the shard (``<shard>.settings.json``)."""
     path = shard.with_suffix(".settings.json")
     if path.exists():
         old = json.loads(path.read_text())
@@ -141,7 +142,7 @@ def generate_completions(
     summary = GenerateSummary(prompts=len(prompts))
     for generator, slug in zip(generators, slugs):
         shard = shards / f"{slug}.jsonl"
-        _check_settings(shard, {**generator.settings(), "num_completions": num_completions})
+        check_settings(shard, {**generator.settings(), "num_completions": num_completions})
         summary.per_model[generator.name] = _generate_one(generator, prompts, shard, num_completions, show_progress)
 
     by_model: list[dict[str, dict]] = []
