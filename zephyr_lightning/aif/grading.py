@@ -127,9 +127,8 @@ def _conversation(history: Turns, prompt: str, response: str, assistant: str) ->
 def _references(item: JudgeItem) -> str:
     if not item.references:
         return ""
-    turns = len(item.history) + 1
-    shown = item.references[-turns:]
-    body = "\n".join(f"[TURN {turns - len(shown) + i + 1}]\n{text}" for i, text in enumerate(shown))
+    shown = item.references[: len(item.history) + 1]
+    body = "\n".join(f"[TURN {i + 1}]\n{text}" for i, text in enumerate(shown))
     return f"\n\n[REFERENCE ANSWERS]\n{body}\n[END OF REFERENCE ANSWERS]"
 
 

@@ -69,7 +69,7 @@ class JudgeItem:
     ``prompt`` is the user message answered by ``response``; ``history`` the earlier (user, assistant)
     turns of that conversation (multi-turn questions: turn 2 is judged with turn 1 in view). A
     ``pairwise`` item shows ``response`` as A and ``response_b`` (after ``history_b``: B's own earlier
-    answers to the same user turns) as B. ``references`` are reference answers, one per user turn shown.
+    answers to the same user turns) as B. ``references`` are reference answers, one per user turn from the first.
     """
 
     prompt: str
@@ -81,6 +81,12 @@ class JudgeItem:
     response_b: str | None = None
     history_b: tuple[tuple[str, str], ...] = ()
     references: tuple[str, ...] = ()
+
+    @property
+    def turn_reference(self) -> str | None:
+        """The reference answer of the judged turn, if there is one."""
+        turn = len(self.history) + 1
+        return self.references[turn - 1] if len(self.references) >= turn else None
 
     def content(self) -> list[Any]:
         """Everything a judgement of this item depends on besides the judge (the cache key is made of it)."""
@@ -242,8 +248,7 @@ class CallableJudge:
 
     def _score(self, item: JudgeItem, response: str) -> Judgement:
         if self._takes_reference:
-            reference = item.references[-1] if item.references else None
-            value = self.fn(item.prompt, response, reference=reference)
+            value = self.fn(item.prompt, response, reference=item.turn_reference)
         else:
             value = self.fn(item.prompt, response)
         return _valid_score(value, item, self.name)

@@ -34,6 +34,7 @@ SIGNATURES: dict[str, Callable[[], type]] = {
     "zephyr_lightning.callbacks.NonFiniteGuard": lambda: _callback("NonFiniteGuard"),
     "zephyr_lightning.callbacks.SampleGeneration": lambda: _callback("SampleGeneration"),
     "zephyr_lightning.callbacks.HFExport": lambda: _callback("HFExport"),
+    "zephyr_lightning.evaluate.Evaluation": lambda: _evaluation(),
 }
 
 
@@ -41,6 +42,12 @@ def _callback(name: str) -> type:
     import zephyr_lightning.callbacks as callbacks
 
     return getattr(callbacks, name)
+
+
+def _evaluation() -> type:
+    from zephyr_lightning.evaluate import Evaluation
+
+    return Evaluation
 
 
 def conf_dir() -> Path:
