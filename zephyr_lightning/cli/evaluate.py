@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from zephyr_lightning.cli.configs import conf_dir, register_signatures
 from zephyr_lightning.evaluate import EvalResults, log_results, write_report
+from zephyr_lightning.validation import check_objects
 
 log = logging.getLogger("zephyr_lightning.evaluate")
 register_signatures()  # before hydra.main composes: eval.yaml takes Evaluation's defaults from its signature
@@ -39,6 +40,8 @@ def _objects(group: DictConfig | None) -> dict[str, Any]:
 
 def run(cfg: DictConfig) -> EvalResults:
     """Run the evaluation a composed config describes; write the report; return the results."""
+    # every bad value at once, each with its key, before a model or data set is loaded
+    check_objects(OmegaConf.to_container(cfg, resolve=True), OmegaConf.to_container(cfg, resolve=False))
     questions = instantiate(cfg.questions, _convert_="all")
     source = OmegaConf.select(cfg, "questions.source", default="questions")
     safety = instantiate(cfg.safety, _convert_="all") if cfg.get("safety") else None
