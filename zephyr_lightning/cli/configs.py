@@ -34,6 +34,7 @@ SIGNATURES: dict[str, Callable[[], type]] = {
     "zephyr_lightning.callbacks.NonFiniteGuard": lambda: _callback("NonFiniteGuard"),
     "zephyr_lightning.callbacks.SampleGeneration": lambda: _callback("SampleGeneration"),
     "zephyr_lightning.callbacks.HFExport": lambda: _callback("HFExport"),
+    "zephyr_lightning.callbacks.JudgedEvaluation": lambda: _callback("JudgedEvaluation"),
     "zephyr_lightning.evaluate.Evaluation": lambda: _evaluation(),
 }
 
