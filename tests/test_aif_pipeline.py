@@ -16,7 +16,7 @@ from tests.helpers import compose as compose_train
 from train import train
 from zephyr_lightning import PreferenceDataModule
 from zephyr_lightning.aif import Judge
-from zephyr_lightning.aif.__main__ import CONF_DIR, run
+from zephyr_lightning.cli.aif import CONF_DIR, run
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}

@@ -1,0 +1,130 @@
+"""The AIF command: ``python -m zephyr_lightning.aif [step=all|generate|judge|binarize] [overrides]`` (installed:
+``zephyr-aif``).
+
+Composes ``conf/aif/aif.yaml`` with Hydra, instantiates the generators and the judge, and runs the
+steps in order, each reading the previous step's file in the run folder (``hydra.run.dir``):
+
+    DIR/generations.jsonl        prompts with K completions per model (openbmb/UltraFeedback schema)
+    DIR/generations/<model>.jsonl  per-model shards, appended as they are generated (resume state)
+    DIR/judge_cache.jsonl        every judgement, appended as it arrives (resume state)
+    DIR/judged.jsonl             the rows with a score per completion
+    DIR/binarized/               train_prefs.jsonl, test_prefs.jsonl (ultrafeedback_binarized schema)
+    DIR/summary.json             counts of every step run in this folder
+    DIR/aif.log                  the log
+
+Only this module reads Hydra config; the library functions it calls take plain arguments.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from zephyr_lightning.aif.binarize import binarize
+from zephyr_lightning.aif.generate import generate_completions
+from zephyr_lightning.aif.judge import judge_completions
+from zephyr_lightning.aif.prompts import load_prompts
+from zephyr_lightning.cli.configs import conf_dir
+
+log = logging.getLogger("zephyr_lightning.aif")
+
+# Inside the installed package, or conf/ beside it in a source checkout (zephyr_lightning.cli.configs).
+CONF_DIR = conf_dir() / "aif"
+STEPS = ("generate", "judge", "binarize")
+
+
+def selected_steps(step: str) -> list[str]:
+    if step == "all":
+        return list(STEPS)
+    if step not in STEPS:
+        raise ValueError(f"step={step!r} is not one of {['all', *STEPS]}")
+    return [step]
+
+
+def _require_local(path: str, key: str, producer: str) -> None:
+    """A missing local input file is usually a step run in a new folder: say which folder to use."""
+    p = Path(path)
+    if p.suffix in (".jsonl", ".json", ".parquet") and not p.exists():
+        raise FileNotFoundError(
+            f"{key}={path} does not exist: run step={producer} first in the same run folder "
+            f"(pass the same hydra.run.dir=...), or set {key} to an existing file or hub data set"
+        )
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Run the selected steps of a composed config; return their counts."""
+    steps = selected_steps(str(cfg.step))
+    files = cfg.files
+    summary: dict[str, Any] = {}
+    show_progress = bool(cfg.get("progress_bar", True))
+
+    if "generate" in steps:
+        prompts = load_prompts(**OmegaConf.to_container(cfg.prompts, resolve=True))
+        models = cfg.generate.models or {}
+        generators = [instantiate(node, _convert_="all") for node in models.values() if node is not None]
+        summary["generate"] = generate_completions(
+            prompts,
+            generators,
+            files.generations,
+            num_completions=cfg.generate.num_completions,
+            source=str(cfg.prompts.path),
+            show_progress=show_progress,
+        ).to_dict()
+
+    if "judge" in steps:
+        _require_local(files.generations, "files.generations", "generate")
+        judge = instantiate(cfg.judge, _convert_="all")
+        try:
+            result = judge_completions(
+                files.generations,
+                judge,
+                files.judged,
+                cache_path=files.judge_cache,
+                split=cfg.input_split,
+                chunk_size=cfg.judging.chunk_size,
+                show_progress=show_progress,
+            )
+        finally:
+            if hasattr(judge, "close"):
+                judge.close()
+        summary["judge"] = result.to_dict()
+        if result.completions and result.failed == result.completions:
+            _write_summary(cfg, summary)
+            raise RuntimeError(f"judge {result.judge}: every completion failed; first error: {result.errors[0]}")
+
+    if "binarize" in steps:
+        _require_local(files.judged, "files.judged", "judge")
+        summary["binarize"] = binarize(
+            files.judged, files.binarized, split=cfg.input_split, **OmegaConf.to_container(cfg.binarize, resolve=True)
+        ).to_dict()
+
+    _write_summary(cfg, summary)
+    return summary
+
+
+def _write_summary(cfg: DictConfig, summary: dict[str, Any]) -> None:
+    # Steps run one at a time in the same folder add to one summary.
+    path = Path(cfg.run_dir) / "summary.json"
+    previous = json.loads(path.read_text()) if path.exists() else {}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({**previous, **summary}, indent=2))
+    log.info("run folder: %s", cfg.run_dir)
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="aif")
+def main(cfg: DictConfig) -> None:
+    # One line per HTTP request (and per retry) at INFO would drown the log. The openai client logs
+    # through httpx (or httpx2, in its newer releases).
+    for noisy in ("httpx", "httpx2", "openai"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()
