@@ -58,6 +58,7 @@ class EvalResults:
     baseline: str | None
     judges: list[str]
     answers: dict[str, ModelAnswers] = field(default_factory=dict)
+    asked: dict[str, Question] = field(default_factory=dict)  # question id -> the question
     scores: dict[str, list[TurnScore]] = field(default_factory=dict)
     pairs: dict[str, list[PairOutcome]] = field(default_factory=dict)
     refusals: dict[str, list[RefusalCall]] = field(default_factory=dict)
@@ -202,7 +203,7 @@ class Evaluation:
         sources = {name: str(source.path) if isinstance(source, AnswerFile) else f"{type(source).__name__}({source.name})"
                    for name, source in models.items()}
         results = EvalResults(output_dir, questions_source, len(questions), turns, list(models), sources, self.baseline,
-                              list(judges), confidence=self.confidence)
+                              list(judges), asked={q.question_id: q for q in questions}, confidence=self.confidence)
         safety_answers: dict[str, ModelAnswers] = {}
         for name, source in models.items():
             probed = safety is not None and not isinstance(source, AnswerFile)
