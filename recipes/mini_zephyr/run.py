@@ -36,6 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 from recipes.mini_zephyr.report import ModelScores, SeedResult, write_report
 from recipes.mini_zephyr.tasks import TaskFamily
 from recipes.mini_zephyr.teacher import write_teacher_data
+from zephyr_lightning.aif.client import quiet_http_logs
 from zephyr_lightning.cli import aif as aif_command
 from zephyr_lightning.cli import evaluate as eval_command
 from zephyr_lightning.cli.configs import compose, conf_dir
@@ -223,8 +224,7 @@ def run_recipe(cfg: DictConfig) -> dict[str, float]:
 @hydra.main(version_base="1.3", config_path=str(CONF), config_name="mini_zephyr")
 def main(cfg: DictConfig) -> float:
     """Run the recipe; return the mean greedy win rate (what a Hydra sweeper over the recipe maximises)."""
-    for noisy in ("httpx", "httpx2", "openai"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    quiet_http_logs()
     cfg.run_dir = str(Path(cfg.run_dir))  # resolved while this app's Hydra state is live
     metrics = run_recipe(cfg)
     return metrics.get("mini/greedy/win_rate", float("nan"))

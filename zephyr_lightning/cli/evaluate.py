@@ -23,8 +23,10 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from zephyr_lightning.aif.client import quiet_http_logs
 from zephyr_lightning.cli.configs import conf_dir, register_signatures
 from zephyr_lightning.evaluate import EvalResults, log_results, write_report
+from zephyr_lightning.loggers import announce_offline_run, finish_wandb_run
 from zephyr_lightning.validation import check_objects
 
 log = logging.getLogger("zephyr_lightning.evaluate")
@@ -51,16 +53,18 @@ def run(cfg: DictConfig) -> EvalResults:
     write_report(results, plots=bool(OmegaConf.select(cfg, "report.plots", default=True)))
     logger_cfg = cfg.get("logger")
     if logger_cfg and "_target_" in logger_cfg:
-        log_results(instantiate(logger_cfg, _convert_="all"), results)
+        logger = instantiate(logger_cfg, _convert_="all")
+        if getattr(logger, "zephyr_offline", False):
+            announce_offline_run(logger)
+        log_results(logger, results)
+        finish_wandb_run()
     log.info("run folder: %s", cfg.run_dir)
     return results
 
 
 @hydra.main(version_base="1.3", config_path=str(conf_dir() / "eval"), config_name="eval")
 def main(cfg: DictConfig) -> None:
-    # One line per HTTP request (and per retry) at INFO would drown the log.
-    for noisy in ("httpx", "httpx2", "openai"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    quiet_http_logs()
     run(cfg)
 
 

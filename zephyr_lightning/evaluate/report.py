@@ -273,8 +273,9 @@ def log_results(logger: Any, results: EvalResults) -> None:
         rows = [[j, c.model, c.question_id, c.group, c.refused] for j, calls in results.refusals.items() for c in calls]
         if rows:
             logger.log_table(key="eval/safety", columns=["judge", "model", "question_id", "group", "refused"], data=rows)
-        columns = sorted({k for v in results.summary().values() if isinstance(v, dict) for k in v})
-        rows = [[group, *[values.get(k) for k in columns]] for group, values in results.summary().items() if isinstance(values, dict)]
+        groups = {g: v for g, v in results.summary().items() if isinstance(v, dict) and g != "judge_agreement"}
+        columns = sorted({k for values in groups.values() for k in values})
+        rows = [[group, *[values.get(k) for k in columns]] for group, values in groups.items()]
         if rows:
             logger.log_table(key="eval/summary", columns=["model", *columns], data=rows)
     if hasattr(logger, "finalize"):
