@@ -270,3 +270,20 @@ def test_shipped_questions_follow_mt_bench(tmp_path):
     assert scope["is_palindrome"]("A man, a plan, a canal: Panama!") and not scope["is_palindrome"]("abc")
     exec(code["zl-10"][0], scope)  # noqa: S102
     assert scope["sum_even"]([1, 2, 3, 4, 10]) == 16
+
+
+def test_a_retrained_model_at_the_same_path_is_not_answered_from_the_old_answers(tmp_path, tiny_model_dir):
+    import shutil
+
+    from zephyr_lightning.aif import LocalGenerator
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    qs = questions(2)
+    generator = LocalGenerator(str(folder), max_new_tokens=3, do_sample=False)
+    answer_questions(qs, generator, tmp_path / "answers", "m", show_progress=False)
+    answer_questions(qs, generator, tmp_path / "answers", "m", show_progress=False)  # same model: resumes
+    weights = next(folder.glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes())  # a new export at the same path
+    with pytest.raises(ValueError, match="different settings .*weights"):
+        answer_questions(qs, generator, tmp_path / "answers", "m", show_progress=False)
