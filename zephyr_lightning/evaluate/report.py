@@ -23,6 +23,7 @@ from typing import Any
 
 from zephyr_lightning.atomic import atomic_write
 from zephyr_lightning.evaluate.run import EvalResults
+from zephyr_lightning.evaluate.single import UNCATEGORIZED
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +52,10 @@ def _single_section(results: EvalResults) -> list[str]:
         lines += _table(["model", "score", *[f"turn {t}" for t in turns], "graded", "failed"], [
             [f"`{m}`", _num(s["score"]), *[_num(s["turns"].get(t)) for t in turns], s["graded"], s["failed"]]
             for m, s in per_model.items()])
-        lines += ["", *_table(["model", *categories], [
-            [f"`{m}`", *[_num(s["categories"].get(c)) for c in categories]] for m, s in per_model.items()]), ""]
+        if categories != [UNCATEGORIZED]:  # questions without categories have no breakdown to show
+            lines += ["", *_table(["model", *categories], [
+                [f"`{m}`", *[_num(s["categories"].get(c)) for c in categories]] for m, s in per_model.items()])]
+        lines.append("")
     return lines
 
 
@@ -174,7 +177,7 @@ def draw_plots(results: EvalResults) -> list[str]:
         fig, axes = plt.subplots(len(judges), 1, figsize=(10, 3.4 * len(judges)), squeeze=False)
         for ax, judge in zip(axes[:, 0], judges):
             per_model = results.single[judge]
-            categories = ["all", *sorted({c for s in per_model.values() for c in s["categories"]})]
+            categories = ["all", *sorted({c for s in per_model.values() for c in s["categories"]} - {UNCATEGORIZED})]
             width = 0.8 / max(len(per_model), 1)
             for i, (model, s) in enumerate(per_model.items()):
                 values = [s["score"], *[s["categories"].get(c, math.nan) for c in categories[1:]]]

@@ -32,7 +32,13 @@ from zephyr_lightning.evaluate.judging import JudgeSession
 from zephyr_lightning.evaluate.pairwise import PairOutcome, compare_pairwise, summarize_pairwise
 from zephyr_lightning.evaluate.panel import agreement
 from zephyr_lightning.evaluate.safety import RefusalCall, SafetyPrompts, probe_safety, summarize_safety
-from zephyr_lightning.evaluate.single import REFERENCE_CATEGORIES, TurnScore, grade_single, summarize_scores
+from zephyr_lightning.evaluate.single import (
+    REFERENCE_CATEGORIES,
+    UNCATEGORIZED,
+    TurnScore,
+    grade_single,
+    summarize_scores,
+)
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +101,7 @@ class EvalResults:
                 if single:
                     group["score"] = single["score"]
                     group.update({f"turn_{t}": v for t, v in single["turns"].items()})
-                    group.update({f"category/{c}": v for c, v in single["categories"].items()})
+                    group.update({f"category/{c}": v for c, v in single["categories"].items() if c != UNCATEGORIZED})
                 pair = self.pairwise.get(judge, {}).get(model)
                 if pair:
                     for key in ("win_rate", "ci_low", "ci_high", "lc_win_rate", "position_bias_rate"):

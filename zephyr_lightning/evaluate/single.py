@@ -17,6 +17,8 @@ from zephyr_lightning.data.questions import Question
 from zephyr_lightning.evaluate.answers import ModelAnswers
 from zephyr_lightning.evaluate.judging import JudgeSession
 
+# The category of questions that have none.
+UNCATEGORIZED = "none"
 # The MT-Bench categories whose judge prompt carries the reference answer.
 REFERENCE_CATEGORIES = ("math", "reasoning", "coding")
 
@@ -92,7 +94,7 @@ def summarize_scores(scores: Sequence[TurnScore]) -> dict[str, Any]:
     by_category: dict[str, list[float]] = defaultdict(list)
     for s in graded:
         by_turn[s.turn].append(s.score)
-        by_category[s.category or "none"].append(s.score)
+        by_category[s.category or UNCATEGORIZED].append(s.score)
     return {
         "score": _mean([s.score for s in graded]),
         "turns": {turn: _mean(v) for turn, v in sorted(by_turn.items())},
