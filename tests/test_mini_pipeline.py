@@ -58,7 +58,7 @@ def test_each_stage_is_the_librarys_own_config_with_the_recipes_values(tmp_path)
     dpo, _ = stage_config(cfg, cfg.stages.dpo)
     assert dpo.module._target_ == "zephyr_lightning.DPOModule" and dpo.module.policy.name_or_path == f"{dirs['sft']}/hf"
     assert dpo.data.path == f"{dirs['aif']}/binarized" and dpo.data.tokenizer.name_or_path == f"{dirs['sft']}/hf"
-    assert dpo.optim.schedule == "linear" and dpo.optim.lr == 5e-5 and dpo.module.beta == 0.1
+    assert dpo.optim.schedule == "linear" and dpo.optim.lr == 1e-4 and dpo.module.beta == 0.1
     aif, _ = stage_config(cfg, cfg.stages.aif)
     assert aif.run_dir == dirs["aif"] and aif.generate.models.local.model.name_or_path == f"{dirs['sft']}/hf"
     assert aif.judge.fn == "recipes.mini_zephyr.judge.judge_score" and aif.binarize.seed == 5
