@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Annotated, Any
 
 from pydantic import Field
 
+from zephyr_lightning.aif.generate import slug
 from zephyr_lightning.aif.generators import Generator
 from zephyr_lightning.aif.io import write_jsonl_atomic
 from zephyr_lightning.aif.judges import Judge
@@ -43,11 +43,6 @@ from zephyr_lightning.evaluate.single import (
 log = logging.getLogger(__name__)
 
 Level = Annotated[float, Field(gt=0, lt=1)]
-
-
-def slug(name: str) -> str:
-    """A file-name-safe form of a model or judge name."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "unnamed"
 
 
 @dataclass
