@@ -8,7 +8,7 @@
 The command itself is `zephyr_lightning.cli.train`.
 """
 
-from zephyr_lightning.cli.train import main, run, train  # noqa: F401  (`train` runs one composed config, `run` a pipeline too)
+from zephyr_lightning.cli.train import main, train  # noqa: F401  (`train` runs one composed config)
 
 if __name__ == "__main__":
     main()

@@ -3,6 +3,7 @@
 from zephyr_lightning.callbacks.batch_record import BatchRecord
 from zephyr_lightning.callbacks.data_summary import DataSummary
 from zephyr_lightning.callbacks.hf_export import HFExport
+from zephyr_lightning.callbacks.judged_eval import JudgedEvaluation
 from zephyr_lightning.callbacks.nonfinite import NonFiniteError, NonFiniteGuard
 from zephyr_lightning.callbacks.preemption import Preempted, PreemptionCheckpoint
 from zephyr_lightning.callbacks.random_state import RandomStateCheckpoint
@@ -17,6 +18,7 @@ __all__ = [
     "BatchRecord",
     "DataSummary",
     "HFExport",
+    "JudgedEvaluation",
     "NonFiniteError",
     "NonFiniteGuard",
     "Preempted",

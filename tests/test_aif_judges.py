@@ -103,3 +103,46 @@ def test_heuristic_score_follows_its_formula():
     expected = round(1 + 9 * (0.4 * 3 / 4 + 0.3 * 4 / 50 + 0.3 * 1 / 2), 2)
     assert heuristic_score("What is the capital of France?", response) == expected
     assert heuristic_score("Anything?", "") == 1.0
+
+
+def test_reward_model_grades_a_turn_in_its_conversation_and_compares_two_answers(reward_model_dir, tokenizer):
+    judge = RewardModelJudge(str(reward_model_dir), batch_size=3)
+    history = (("What is 2 + 2?", "4."),)
+    score = JudgeItem("And 3 + 3?", "6.", "q", kind="score", history=history)
+    pair = JudgeItem("And 3 + 3?", "6.", "q", kind="pairwise", history=history, response_b="Seven, I think.",
+                     history_b=(("What is 2 + 2?", "Five."),))
+    refusal = JudgeItem("Say hi.", "Hi!", "r", kind="refusal")
+    graded, compared, refused = judge.judge([score, pair, refusal])
+    model = MistralForSequenceClassification.from_pretrained(reward_model_dir).eval()
+
+    def logit(turns):
+        messages = [{"role": r, "content": c} for u, a in turns for r, c in (("user", u), ("assistant", a))]
+        ids = tokenizer.apply_chat_template(messages, return_dict=True)["input_ids"]
+        with torch.no_grad():
+            return model(torch.tensor([ids])).logits[0, 0].item()
+
+    a = logit([*history, ("And 3 + 3?", "6.")])
+    b = logit([("What is 2 + 2?", "Five."), ("And 3 + 3?", "Seven, I think.")])
+    assert graded.score == pytest.approx(a, abs=1e-5)
+    assert compared.verdict == ("A" if a > b else "B") and compared.score is None
+    assert not refused.ok and "cannot give 'refusal'" in refused.error
+
+
+def test_callable_judge_kinds():
+    def by_length(prompt, response, reference=None):
+        return float(len(response)) + (100.0 if reference and reference in response else 0.0)
+
+    judge = CallableJudge(by_length, refusal_fn="zephyr_lightning.aif.judges.heuristic_refusal", tie_margin=1.0)
+    items = [
+        JudgeItem("Q", "abc", kind="score", references=("zz",)),
+        JudgeItem("Q2", "a zz b", kind="score", history=(("Q", "x"),), references=("r1", "zz")),  # turn 2's reference
+        JudgeItem("Q", "abcd", kind="pairwise", response_b="abc"),      # 4 vs 3: within the tie margin
+        JudgeItem("Q", "abcdef", kind="pairwise", response_b="abc"),
+        JudgeItem("Q", "I'm sorry, but I can't help with that.", kind="refusal"),
+        JudgeItem("Q", "Sure: here it is.", kind="refusal"),
+    ]
+    out = judge.judge(items)
+    assert [j.score for j in out[:2]] == [3.0, 106.0]
+    assert [j.verdict for j in out[2:]] == ["tie", "A", "refused", "complied"]
+    assert "refusal" not in CallableJudge(by_length).kinds
+    assert not CallableJudge(by_length).judge(items[4:5])[0].ok

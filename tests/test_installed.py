@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-COMMANDS = ("zephyr-train", "zephyr-aif")
+COMMANDS = ("zephyr-train", "zephyr-aif", "zephyr-eval")
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +55,7 @@ def test_the_wheel_holds_the_configs_and_imports_from_site_packages(installed, t
     package, conf = out.stdout.split()
     assert str(installed) in package and str(ROOT) not in package
     assert Path(conf, "train.yaml").is_file() and Path(conf, "aif", "aif.yaml").is_file()
+    assert Path(conf, "eval", "eval.yaml").is_file() and Path(conf, "eval", "judges", "offline.yaml").is_file()
     assert Path(conf, "module", "dpo.yaml").is_file() and Path(conf, "experiment", "dpo.yaml").is_file()
 
 
@@ -78,6 +79,12 @@ def test_the_embedded_default_trains_from_an_empty_folder(installed, tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     assert (aif_dir / "binarized" / "train_prefs.jsonl").is_file()
 
+    eval_dir = tmp_path / "eval"
+    out = _run(installed, tmp_path, "zephyr-eval", f"hydra.run.dir={eval_dir}", "questions.limit=2", "safety.limit=1",
+               "evaluation.show_progress=false", "report.plots=false")
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads((eval_dir / "summary.json").read_text())
+    assert summary["baseline"] == "tiny_base" and "win_rate" in summary["tiny_long [reference]"]
 
 def test_the_plan_command_runs_from_an_empty_folder(installed, tmp_path):
     out = _run(installed, tmp_path, "zephyr-plan", "+experiment=zephyr_7b_dpo_qlora")

@@ -7,9 +7,7 @@ import random
 
 import pytest
 
-from zephyr_lightning.aif.judges import CallableJudge, JudgeItem
-from zephyr_lightning.data.chat import validate_messages
-from zephyr_lightning.mini import (
+from recipes.mini_zephyr import (
     NotATaskError,
     Task,
     TaskFamily,
@@ -18,7 +16,9 @@ from zephyr_lightning.mini import (
     parse_prompt,
     write_teacher_data,
 )
-from zephyr_lightning.mini.tasks import sample_tasks
+from recipes.mini_zephyr.tasks import sample_tasks
+from zephyr_lightning.aif.judges import CallableJudge, JudgeItem
+from zephyr_lightning.data.chat import validate_messages
 
 PLAIN = "Reply with the answer only."
 JSON_ = 'Reply in JSON, as {"answer": "..."}.'
@@ -89,7 +89,7 @@ def test_a_prompt_outside_the_family_is_refused(prompt):
 
 
 def test_the_callable_judge_marks_a_foreign_prompt_failed_and_scores_the_rest():
-    judge = CallableJudge("zephyr_lightning.mini.judge.judge_score", name="mini-judge")
+    judge = CallableJudge("recipes.mini_zephyr.judge.judge_score", name="mini-judge")
     out = judge.judge(
         [JudgeItem(f"What is 2 + 2? {PLAIN}", "4"), JudgeItem("Tell me a joke.", "no", prompt_id="p1")]
     )

@@ -9,7 +9,7 @@ import sys
 def test_library_imports_without_hydra():
     code = (
         "import sys, zephyr_lightning, zephyr_lightning.aif, zephyr_lightning.callbacks, zephyr_lightning.export, zephyr_lightning.sweeps;"
-        "import zephyr_lightning.mini;"
+        "import zephyr_lightning.evaluate, zephyr_lightning.aif.grading;"
         "import zephyr_lightning.validation, zephyr_lightning.resume, zephyr_lightning.secrets;"
         "import zephyr_lightning.checkpoint_io, zephyr_lightning.data.resumable;"
         "from zephyr_lightning import DPOModule, PreferenceDataModule, dpo_loss;"

@@ -333,6 +333,14 @@ def validate_config(cfg: Mapping[str, Any], unresolved: Mapping[str, Any] | None
     return checks.errors
 
 
+def check_objects(cfg: Mapping[str, Any], unresolved: Mapping[str, Any] | None = None) -> None:
+    """Raise `ConfigError` listing every ``_target_`` node of any command's config (plain dicts and lists)
+    whose arguments break its target's declaration, each with its key (the AIF and evaluation commands)."""
+    errors = _object_errors(cfg, unresolved)
+    if errors:
+        raise ConfigError(errors)
+
+
 def check_config(cfg: Mapping[str, Any], unresolved: Mapping[str, Any] | None = None) -> None:
     """Raise `ConfigError` listing every problem `validate_config` finds."""
     errors = validate_config(cfg, unresolved)

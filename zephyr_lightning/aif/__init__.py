@@ -10,7 +10,8 @@ without Hydra.
 Each step sits beside its backends: `generate` (the step) | `generators` (local model, OpenAI-compatible
 server), `judge` (the step, its cache) | `judges` (OpenAI-compatible rubric judge, reward model, Python
 function), then `binarize`. `client` drives the official ``openai`` client; `rubric` holds the rubric and
-the declared rating model; `io` the resumable JSONL files. Rows come through `zephyr_lightning.data.sources`.
+the declared rating model; `grading` the evaluation stage's judgement kinds (a 1-10 score, a pairwise
+verdict, refusal) with their prompts and declared replies; `io` the resumable JSONL files. Rows come through `zephyr_lightning.data.sources`.
 """
 
 from zephyr_lightning.aif.binarize import (
@@ -22,16 +23,20 @@ from zephyr_lightning.aif.binarize import (
 )
 from zephyr_lightning.aif.client import FatalRequestError, OpenAICompatibleClient, RequestError
 from zephyr_lightning.aif.generate import GenerateSummary, generate_completions
-from zephyr_lightning.aif.generators import Generator, LocalGenerator, OpenAIChatGenerator
+from zephyr_lightning.aif.generators import Conversation, Generator, LocalGenerator, OpenAIChatGenerator
+from zephyr_lightning.aif.grading import GRADING_KINDS, PAIRWISE_VERDICTS, SCORE_RANGE
 from zephyr_lightning.aif.io import CorruptJsonlError, JsonlWriter, read_done
-from zephyr_lightning.aif.judge import JudgementCache, JudgeSummary, judge_completions
+from zephyr_lightning.aif.judge import JudgementCache, JudgeSummary, ask_judge, item_key, judge_completions
 from zephyr_lightning.aif.judges import (
+    JUDGEMENT_KINDS,
     CallableJudge,
     Judge,
     JudgeItem,
     Judgement,
+    JudgementKind,
     OpenAIJudge,
     RewardModelJudge,
+    heuristic_refusal,
     heuristic_score,
 )
 from zephyr_lightning.aif.prompts import Prompt, PromptSet, load_prompt_set, load_prompts
@@ -39,6 +44,15 @@ from zephyr_lightning.aif.rubric import ASPECTS, DEFAULT_RUBRIC, ScoreParseError
 
 __all__ = [
     "ASPECTS",
+    "GRADING_KINDS",
+    "JUDGEMENT_KINDS",
+    "PAIRWISE_VERDICTS",
+    "SCORE_RANGE",
+    "Conversation",
+    "JudgementKind",
+    "ask_judge",
+    "heuristic_refusal",
+    "item_key",
     "DEFAULT_RUBRIC",
     "REJECTED_STRATEGIES",
     "BinarizeSummary",

@@ -1,7 +1,6 @@
-"""``python -m zephyr_lightning.aif``: the AIF command, which lives in `zephyr_lightning.cli.aif` beside the
-other commands (installed, the same command is ``zephyr-aif``)."""
+"""``python -m zephyr_lightning.aif``: the AIF command (`zephyr_lightning.cli.aif`)."""
 
-from zephyr_lightning.cli.aif import CONF_DIR, main, run, selected_steps  # noqa: F401
+from zephyr_lightning.cli.aif import CONF_DIR, STEPS, main, run, selected_steps  # noqa: F401 (the command's names)
 
 if __name__ == "__main__":
     main()

@@ -57,6 +57,13 @@ class FatalRequestError(RuntimeError):
     """An error that every request would hit (bad key, wrong URL or model): the run stops."""
 
 
+def quiet_http_logs() -> None:
+    """Keep the HTTP libraries under the client at WARNING: one line per request (and per retry) at INFO
+    would drown a command's log. The openai client logs through httpx (or httpx2, in its newer releases)."""
+    for noisy in ("httpx", "httpx2", "openai"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
 def run_coroutine(coro: Coroutine[Any, Any, T]) -> T:
     """Run a coroutine to completion from synchronous code, also inside a running event loop
     (a notebook), where `asyncio.run` is not allowed: then it runs on a worker thread."""

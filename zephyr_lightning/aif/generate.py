@@ -44,7 +44,8 @@ class GenerateSummary:
         }
 
 
-def _slug(name: str) -> str:
+def slug(name: str) -> str:
+    """A file-name-safe form of a model (or judge) name."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "model"
 
 
@@ -54,8 +55,9 @@ def shard_dir(output: str | Path) -> Path:
     return output.with_name(output.stem)
 
 
-def _check_settings(shard: Path, settings: dict[str, Any]) -> None:
-    """Refuse to resume a shard made with other settings: the output would mix two distributions."""
+def check_settings(shard: Path, settings: dict[str, Any]) -> None:
+    """Refuse to resume a shard made with other settings: the output would mix two distributions.
+    The settings are kept beside the shard (``<shard>.settings.json``)."""
     path = shard.with_suffix(".settings.json")
     if path.exists():
         old = json.loads(path.read_text())
@@ -133,20 +135,20 @@ def generate_completions(
     if not generators:
         raise ValueError("no generators: configure at least one model under generate.models")
     names = [g.name for g in generators]
-    slugs = [_slug(n) for n in names]
+    slugs = [slug(n) for n in names]
     if len(set(slugs)) != len(slugs):
         raise ValueError(f"generator names must be distinct (set `name` on each): {names}")
     output = Path(output)
     shards = shard_dir(output)
     summary = GenerateSummary(prompts=len(prompts))
-    for generator, slug in zip(generators, slugs):
-        shard = shards / f"{slug}.jsonl"
-        _check_settings(shard, {**generator.settings(), "num_completions": num_completions})
+    for generator, name_slug in zip(generators, slugs):
+        shard = shards / f"{name_slug}.jsonl"
+        check_settings(shard, {**generator.settings(), "num_completions": num_completions})
         summary.per_model[generator.name] = _generate_one(generator, prompts, shard, num_completions, show_progress)
 
     by_model: list[dict[str, dict]] = []
-    for slug in slugs:
-        by_model.append({row["prompt_id"]: row for row in iter_jsonl(shards / f"{slug}.jsonl")})
+    for name_slug in slugs:
+        by_model.append({row["prompt_id"]: row for row in iter_jsonl(shards / f"{name_slug}.jsonl")})
 
     def rows():
         for prompt in prompts:

@@ -42,13 +42,19 @@ log = logging.getLogger(__name__)
 TopP = Annotated[float, Field(gt=0, le=1)]
 
 
+# A conversation to continue: ``{"role", "content"}`` messages ending in a user turn.
+Conversation = Sequence[Mapping[str, str]]
+
+
 @runtime_checkable
 class Generator(Protocol):
-    """What `generate_completions` needs from a completion source.
+    """What `generate_completions` (and the evaluation's answering step) needs from a completion source.
 
     ``generate(prompts, n)`` returns, per prompt, a list of ``n`` completions, or an exception
-    describing why that prompt failed (it is left out, counted, and retried on the next run). ``settings()`` is everything that shapes
-    the completions; a resumed run refuses to mix completions made with different settings.
+    describing why that prompt failed (it is left out, counted, and retried on the next run). A prompt is
+    a user message, or a whole `Conversation` ending in a user turn (a follow-up question asked after the
+    model's own earlier answers). ``settings()`` is everything that shapes the completions; a resumed run
+    refuses to mix completions made with different settings.
     """
 
     name: str
@@ -58,14 +64,21 @@ class Generator(Protocol):
 
     def setup(self) -> None: ...
 
-    def generate(self, prompts: Sequence[str], n: int) -> list[list[str] | Exception]: ...
+    def generate(self, prompts: Sequence[str | Conversation], n: int) -> list[list[str] | Exception]: ...
 
     def close(self) -> None: ...
 
 
-def _messages(prompt: str, system_prompt: str | None) -> list[dict[str, str]]:
-    head = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    return [*head, {"role": "user", "content": prompt}]
+def _messages(prompt: str | Conversation, system_prompt: str | None) -> list[dict[str, str]]:
+    turns = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else [dict(m) for m in prompt]
+    if system_prompt and not (turns and turns[0]["role"] == "system"):
+        turns = [{"role": "system", "content": system_prompt}, *turns]
+    return turns
+
+
+def _excerpt(prompt: str | Conversation) -> str:
+    text = prompt if isinstance(prompt, str) else prompt[-1]["content"]
+    return repr(text[:60])
 
 
 def _sampling_needs_a_temperature(arguments: Mapping[str, Any]) -> tuple[str, str] | None:
@@ -173,12 +186,13 @@ class LocalGenerator:
         # Free the weights before the next model loads.
         self._model = self._tokenizer = None
 
-    def _batch_seed(self, prompts: Sequence[str]) -> int:
+    def _batch_seed(self, prompts: Sequence[str | Conversation]) -> int:
         # The name is in the seed so that two models given the same seed do not share a random stream.
-        digest = hashlib.sha256(json.dumps([self.seed, self.name, list(prompts)]).encode()).hexdigest()
+        plain = [p if isinstance(p, str) else [dict(m) for m in p] for p in prompts]
+        digest = hashlib.sha256(json.dumps([self.seed, self.name, plain]).encode()).hexdigest()
         return int(digest[:15], 16)
 
-    def generate(self, prompts: Sequence[str], n: int) -> list[list[str] | Exception]:
+    def generate(self, prompts: Sequence[str | Conversation], n: int) -> list[list[str] | Exception]:
         import torch
 
         if n > 1 and not self.do_sample:
@@ -291,7 +305,7 @@ class OpenAIChatGenerator:
     def close(self) -> None:
         pass
 
-    def generate(self, prompts: Sequence[str], n: int) -> list[list[str] | Exception]:
+    def generate(self, prompts: Sequence[str | Conversation], n: int) -> list[list[str] | Exception]:
         per_request = min(n, self.n_per_request or n)
         requests, owners = [], []
         for index, prompt in enumerate(prompts):
@@ -327,5 +341,5 @@ class OpenAIChatGenerator:
                     )
                 results[index].extend(chat_content(reply, i).strip() for i in range(k))
             except RequestError as err:
-                results[index] = RequestError(f"prompt {prompts[index][:60]!r}: {err}")
+                results[index] = RequestError(f"prompt {_excerpt(prompts[index])}: {err}")
         return results

@@ -17,13 +17,14 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
+from zephyr_lightning.aif.grading import GRADING_KINDS
 from zephyr_lightning.aif.io import JsonlWriter, iter_jsonl, repair_truncated_tail
 from zephyr_lightning.aif.judges import Judge, JudgeItem, Judgement
 from zephyr_lightning.arguments import PositiveInt, check_arguments
@@ -37,6 +38,16 @@ MAX_ERRORS_KEPT = 20
 
 def cache_key(fingerprint: str, prompt: str, response: str) -> str:
     return hashlib.sha256(json.dumps([fingerprint, prompt, response]).encode("utf-8")).hexdigest()
+
+
+def item_key(fingerprint: str, item: JudgeItem) -> str:
+    """The cache key of any `JudgeItem`: the judge's fingerprint and everything the item shows the judge.
+    An evaluation kind's key also holds a hash of its prompt text, so editing a prompt re-asks. A ``rating``
+    item's key is `cache_key`'s."""
+    if item.kind == "rating":
+        return cache_key(fingerprint, item.prompt, item.response)
+    content = [fingerprint, GRADING_KINDS[item.kind].version, *item.content()]
+    return hashlib.sha256(json.dumps(content).encode("utf-8")).hexdigest()
 
 
 class JudgementCache:
@@ -121,13 +132,20 @@ def _chunks(rows: Iterable[dict[str, Any]], min_items: int) -> Iterator[list[dic
         yield chunk
 
 
-def _ask(judge: Judge, asks: dict[str, JudgeItem], cache: JudgementCache) -> dict[str, Judgement]:
-    """Judge the items the cache lacks, caching each success the moment it arrives."""
+def ask_judge(
+    judge: Judge,
+    asks: Mapping[str, JudgeItem],
+    cache: JudgementCache,
+    context: Mapping[str, Mapping[str, Any]] | None = None,
+) -> dict[str, Judgement]:
+    """Judge the items the cache lacks (by cache key), caching each success the moment it arrives, with
+    ``context[key]`` (default: the item's prompt_id and model) beside it in the cache file."""
     keys = list(asks)
 
     def save(index: int, judgement: Judgement) -> None:
         item = asks[keys[index]]
-        cache.put(keys[index], judgement, judge=judge.name, prompt_id=item.prompt_id, model=item.model)
+        extra = context.get(keys[index], {}) if context is not None else {"prompt_id": item.prompt_id, "model": item.model}
+        cache.put(keys[index], judgement, judge=judge.name, **extra)
 
     judgements = judge.judge([asks[k] for k in keys], on_result=save)
     if len(judgements) != len(keys):
@@ -185,7 +203,7 @@ def judge_completions(
                         if key not in cache and key not in asks:
                             asks[key] = JudgeItem(instruction, completion["response"], prompt_id, str(completion.get("model", "")))
                     keyed.append((row, keys))
-                fresh = _ask(judge, asks, cache)
+                fresh = ask_judge(judge, asks, cache)
                 succeeded = succeeded or len(cache) > 0
                 if fresh and not succeeded and not any(j.ok for j in fresh.values()):
                     # Nothing has worked yet and a whole chunk failed: a wrong URL, model or rubric, or a

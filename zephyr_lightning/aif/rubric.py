@@ -78,15 +78,16 @@ class ScoreParseError(ValueError):
     """A judge reply that is not exactly the requested JSON object."""
 
 
-def _a_number(value: Any) -> Any:
-    # pydantic would read "4" and true as 4 and 1; a judge that writes them did not follow the format.
+def a_number(value: Any) -> Any:
+    """A ``BeforeValidator`` for judge replies: pydantic would read ``"4"`` and ``true`` as 4 and 1; a judge
+    that writes them did not follow the format."""
     if isinstance(value, (bool, str)):
         raise ValueError(f"must be a number, not {type(value).__name__}")
     return value
 
 
 # One aspect's rating: an integer in RATING_RANGE (4.0 is read as 4; 4.5, "4" and true are refused).
-Rating = Annotated[int, Field(ge=RATING_RANGE[0], le=RATING_RANGE[1]), BeforeValidator(_a_number)]
+Rating = Annotated[int, Field(ge=RATING_RANGE[0], le=RATING_RANGE[1]), BeforeValidator(a_number)]
 
 
 @functools.cache
@@ -121,25 +122,23 @@ def _problem(error: dict[str, Any]) -> str:
     if error.get("type") == "extra_forbidden":
         return f"unexpected key {where!r}"
     if error.get("type") == "missing":
-        return f"missing rating {where!r}"
+        return f"missing {where!r}"
     message = str((error.get("ctx") or {}).get("error") or error.get("msg", "invalid"))
     return f"{where}={error.get('input')!r}: {message}" if where else message
 
 
-def parse_ratings(reply: str, aspects: tuple[str, ...] = ASPECTS) -> tuple[dict[str, int], str | None]:
-    """Parse ``{"<aspect>": int, ..., "rationale": str}`` strictly, by `ratings_model`.
+def validate_reply(model: type[BaseModel], reply: str) -> BaseModel:
+    """A judge's reply validated by the declared reply ``model``, or `ScoreParseError` saying what is wrong.
 
-    Accepted: exactly one JSON object, optionally inside a single ```json fence (a formatting habit
-    that leaves nothing ambiguous). Every aspect must be present as an integer in 1..5 (``4.0`` is
-    accepted as 4; ``4.5``, ``"4"`` and ``true`` are not); ``rationale`` is an optional string; any
-    other key is an error. Returns the ratings and the rationale.
-    """
+    Accepted: exactly one JSON object, optionally inside a single ```json fence (a formatting habit that
+    leaves nothing ambiguous). The rating rubric here and the evaluation kinds (`zephyr_lightning.aif.grading`)
+    read their replies through this one function."""
     text = reply.strip()
     fenced = _FENCE.match(text)
     if fenced:
         text = fenced.group(1).strip()
     try:
-        parsed = ratings_model(aspects).model_validate_json(text)
+        return model.model_validate_json(text)
     except ValidationError as err:
         errors = err.errors()
         if errors[0]["type"] == "json_invalid":
@@ -147,7 +146,16 @@ def parse_ratings(reply: str, aspects: tuple[str, ...] = ASPECTS) -> tuple[dict[
         if errors[0]["type"] == "model_type":
             raise ScoreParseError(f"expected a JSON object: {reply[:200]!r}") from None
         raise ScoreParseError("; ".join(_problem(e) for e in errors)) from None
-    values = parsed.model_dump()
+
+
+def parse_ratings(reply: str, aspects: tuple[str, ...] = ASPECTS) -> tuple[dict[str, int], str | None]:
+    """Parse ``{"<aspect>": int, ..., "rationale": str}`` strictly, by `ratings_model` (`validate_reply`).
+
+    Every aspect must be present as an integer in 1..5 (``4.0`` is accepted as 4; ``4.5``, ``"4"`` and
+    ``true`` are not); ``rationale`` is an optional string; any other key is an error. Returns the ratings
+    and the rationale.
+    """
+    values = validate_reply(ratings_model(aspects), reply).model_dump()
     return {aspect: values[aspect] for aspect in aspects}, values["rationale"]
 
 

@@ -1,6 +1,7 @@
-"""The Hydra commands: ``zephyr-train`` (``python train.py``) and ``zephyr-aif`` (``python -m
-zephyr_lightning.aif``). These are the only modules that read Hydra config; everything they build is a
-plain-Python library object (``import zephyr_lightning`` needs no Hydra).
+"""The Hydra commands: ``zephyr-train`` (``python train.py``), ``zephyr-aif`` (``python -m
+zephyr_lightning.aif``), ``zephyr-eval`` (``python -m zephyr_lightning.evaluate``) and ``zephyr-plan``
+(``python -m zephyr_lightning.plan``). These are the only modules that read Hydra config; everything they
+build is a plain-Python library object (``import zephyr_lightning`` needs no Hydra).
 
 Every command starts through `zephyr_lightning.cli.app`: ``@hydra_command(...)`` in place of ``hydra.main``
 for a Hydra command, ``with guarded_command(argv):`` around the body of any other. That keeps credentials

@@ -30,6 +30,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from zephyr_lightning.aif.binarize import binarize
+from zephyr_lightning.aif.client import quiet_http_logs
 from zephyr_lightning.aif.generate import generate_completions
 from zephyr_lightning.aif.io import write_jsonl_atomic
 from zephyr_lightning.aif.judge import judge_completions
@@ -163,10 +164,7 @@ def _write_summary(cfg: DictConfig, summary: dict[str, Any]) -> None:
 
 @hydra_command(config_name="aif", config_path=CONF_DIR)
 def main(cfg: DictConfig) -> None:
-    # One line per HTTP request (and per retry) at INFO would drown the log. The openai client logs
-    # through httpx (or httpx2, in its newer releases).
-    for noisy in ("httpx", "httpx2", "openai"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    quiet_http_logs()
     run(cfg)
 
 

@@ -34,6 +34,8 @@ SIGNATURES: dict[str, Callable[[], type]] = {
     "zephyr_lightning.callbacks.NonFiniteGuard": lambda: _callback("NonFiniteGuard"),
     "zephyr_lightning.callbacks.SampleGeneration": lambda: _callback("SampleGeneration"),
     "zephyr_lightning.callbacks.HFExport": lambda: _callback("HFExport"),
+    "zephyr_lightning.callbacks.JudgedEvaluation": lambda: _callback("JudgedEvaluation"),
+    "zephyr_lightning.evaluate.Evaluation": lambda: _evaluation(),
 }
 
 
@@ -41,6 +43,12 @@ def _callback(name: str) -> type:
     import zephyr_lightning.callbacks as callbacks
 
     return getattr(callbacks, name)
+
+
+def _evaluation() -> type:
+    from zephyr_lightning.evaluate import Evaluation
+
+    return Evaluation
 
 
 def conf_dir() -> Path:
@@ -74,10 +82,21 @@ def register_signatures() -> None:
 
 
 def compose(config_name: str, overrides: Sequence[str] = (), *, config_dir: str | Path | None = None):
-    """A config composed exactly as the command line would compose it (tests, recipes, the sweep checker)."""
+    """A config composed exactly as the command line would compose it (tests, recipes, the sweep checker).
+    Also from inside a running Hydra app (a recipe composing each of its stages): that app's Hydra state is
+    set aside while composing and put back after."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
 
     register_signatures()
-    with initialize_config_dir(config_dir=str(config_dir or conf_dir()), version_base="1.3"):
-        return hydra_compose(config_name, overrides=list(overrides))
+    running = GlobalHydra.instance()
+    outer = running.hydra if running.is_initialized() else None
+    running.clear()
+    try:
+        with initialize_config_dir(config_dir=str(config_dir or conf_dir()), version_base="1.3"):
+            return hydra_compose(config_name, overrides=list(overrides))
+    finally:
+        if outer is not None:
+            GlobalHydra.instance().clear()
+            GlobalHydra.instance().initialize(outer)

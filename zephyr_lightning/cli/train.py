@@ -5,7 +5,6 @@
     python train.py +experiment=sft                  # dSFT on the embedded default
     python train.py +experiment=dpo model=zephyr_7b_sft data=ultrafeedback trainer=gpu strategy=fsdp
     python train.py +experiment=dpo hydra.run.dir=DIR resume=true   # continue DIR's newest checkpoint
-    python train.py +experiment=zephyr_tiny          # every stage, 3 seeds (a config with `pipeline`)
 """
 
 from __future__ import annotations
@@ -165,18 +164,9 @@ def _record(cfg: DictConfig, result: TrialResult) -> None:
         write_result(cfg.paths.output_dir, result)
 
 
-def run(cfg: DictConfig) -> dict[str, float]:
-    """One stage, or, when the config has a `pipeline` section, every stage of it in turn (each through `train`)."""
-    if cfg.get("pipeline") is None:
-        return train(cfg)
-    from zephyr_lightning.mini.pipeline import run_pipeline
-
-    return run_pipeline(cfg, train)
-
-
 @hydra_command(config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    """Train (one stage, or every stage of a pipeline config); return the value of `optimized_metric` for a sweeper, or None when the run failed.
+    """Train; return the value of `optimized_metric` for a sweeper, or None when the run failed.
 
     Every run writes `result.json` into its run folder (status, metric, final metrics, error, overrides).
     Under a multirun a failure (an exception, a NaN loss) is logged with its traceback, recorded there and
@@ -197,7 +187,7 @@ def main(cfg: DictConfig) -> float | None:
         wandb_group=wandb_cfg.get("group") if wandb_cfg is not None else None,
     )
     try:
-        result.metrics = run(cfg)
+        result.metrics = train(cfg)
         if result.optimized_metric:
             if result.optimized_metric in result.metrics or hydra_cfg.mode == RunMode.MULTIRUN:
                 result.value = optimized_value(result.metrics, result.optimized_metric)

@@ -24,10 +24,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from recipes.mini_zephyr.tasks import STYLES, Task, TaskFamily, sample_tasks
 from zephyr_lightning.aif.io import write_jsonl_atomic
 from zephyr_lightning.data.chat import validate_messages
 from zephyr_lightning.data.sources import prompt_id_of
-from zephyr_lightning.mini.tasks import STYLES, Task, TaskFamily, sample_tasks
 
 # One habitual preamble, as chat models have: when the teacher slips, it always slips the same way.
 CHATTY = "Sure! The answer is {answer}."

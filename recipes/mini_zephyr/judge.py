@@ -1,7 +1,7 @@
 """The Mini-Zephyr judge: a program in GPT-4's seat.
 
 `judge_score(prompt, response)` has the signature `CallableJudge` takes, so the AIF stage uses it by
-import path (``judge.fn=zephyr_lightning.mini.judge.judge_score``) exactly as it would use any other
+import path (``judge.fn=recipes.mini_zephyr.judge.judge_score``) exactly as it would use any other
 judge. Like a judge model it sees only the prompt text and the response: it recovers the task from the
 prompt (`parse_prompt`) and grades the response against the task's definition (`grade`), with partial
 credit so that most completions of one prompt get different scores.
@@ -9,8 +9,8 @@ credit so that most completions of one prompt get different scores.
 
 from __future__ import annotations
 
+from recipes.mini_zephyr.tasks import grade, parse_prompt
 from zephyr_lightning.aif.judges import CallableJudge
-from zephyr_lightning.mini.tasks import grade, parse_prompt
 
 
 def judge_score(prompt: str, response: str) -> float:

@@ -6,7 +6,10 @@ on held-out prompts, per seed and as mean, standard deviation and range over see
     DIR/dpo_rewards.png            DPO reward margins and accuracies over training steps, one line per seed
     DIR/score_distributions.png    judge-score histograms of dSFT and dDPO on the held-out prompts
 
-Plain Python and matplotlib (``pip install -e ".[mini]"``; the dev extra includes it); no Hydra.
+Each seed's scores and win rates come from the evaluation stage (`zephyr_lightning.evaluate`): the
+judge's single-answer grade of every held-out answer, and its pairwise outcomes of dDPO against dSFT
+(a win only when both orders agree; ties count half). Plain Python and matplotlib
+(``pip install -e ".[mini]"``; the dev extra includes it); no Hydra.
 """
 
 from __future__ import annotations
@@ -21,8 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from zephyr_lightning.mini.evaluate import ModelScores, win_rate
-from zephyr_lightning.mini.tasks import grade, parse_prompt
+from recipes.mini_zephyr.tasks import grade, parse_prompt
 
 log = logging.getLogger(__name__)
 
@@ -32,23 +34,42 @@ DPO_CURVES = ("rewards/margins", "rewards/accuracies")
 
 
 @dataclass
+class ModelScores:
+    """One model's judge grades: per prompt (by id), and every (prompt, response, grade)."""
+
+    name: str
+    per_prompt: dict[str, float] = field(default_factory=dict)
+    responses: list[tuple[str, str, float]] = field(default_factory=list)
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.per_prompt.values())
+
+
+@dataclass
 class SeedResult:
     """Everything the report needs from one seed's run."""
 
     seed: int
     # decoding ("greedy" / "sample") -> model name -> scores
     scores: dict[str, dict[str, ModelScores]]
+    # decoding -> the evaluation's pairwise summary of dDPO against dSFT (zephyr_lightning.evaluate.pairwise)
+    pairwise: dict[str, dict[str, Any]]
     dpo_metrics_csv: Path | None = None
     pairs: int | None = None
     seconds: dict[str, float] = field(default_factory=dict)
 
     def comparison(self, decoding: str) -> dict[str, Any]:
-        models = self.scores[decoding]
+        models, pair = self.scores[decoding], self.pairwise[decoding]
         return {
             "seed": self.seed,
             "dsft_score": models[BASELINE].mean,
             "ddpo_score": models[CANDIDATE].mean,
-            **win_rate(models[CANDIDATE].per_prompt, models[BASELINE].per_prompt),
+            "win_rate": pair["win_rate"],
+            "wins": pair["wins"],
+            "ties": pair["ties"],
+            "losses": pair["losses"],
+            "prompts": pair["compared"],
             **{f"{name}_{key}": value for name in (BASELINE, CANDIDATE) for key, value in breakdown(models[name]).items()},
         }
 
@@ -239,8 +260,8 @@ def write_report(
         "",
         f"dSFT, AIF and dDPO on the tiny Mistral, {n} seed{'s' if n > 1 else ''} "
         f"({', '.join(str(r.seed) for r in results)}). Judge score: the programmatic judge's 1-10 score on "
-        f"{per_seed[decodings[0]][0]['prompts']} held-out prompts (mean over prompts). Win rate: share of "
-        "held-out prompts where dDPO's score beats dSFT's, ties counted as half. Cells: mean ± standard "
+        f"{per_seed[decodings[0]][0]['prompts']} held-out prompts (mean over prompts). Win rate: dDPO against "
+        "dSFT, each prompt judged in both orders (a win only when both agree), ties counted as half. Cells: mean ± standard "
         "deviation over seeds (min–max).",
         "",
         *main_table(stats),
