@@ -284,6 +284,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from zephyr_lightning.cli.app import guarded_command
+
+    with guarded_command(argv):  # no credential on the console; user errors in one line
+        _export(argv)
+
+
+def _export(argv: list[str] | None) -> None:
     from zephyr_lightning.arguments import argument_errors
     from zephyr_lightning.hub import push_folder, push_refusal
 

@@ -19,11 +19,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from zephyr_lightning.aif.client import quiet_http_logs
+from zephyr_lightning.cli.app import hydra_command
 from zephyr_lightning.cli.configs import conf_dir, register_signatures
 from zephyr_lightning.evaluate import EvalResults, log_results, write_report
 from zephyr_lightning.loggers import announce_offline_run, finish_wandb_run
@@ -62,7 +62,7 @@ def run(cfg: DictConfig) -> EvalResults:
     return results
 
 
-@hydra.main(version_base="1.3", config_path=str(conf_dir() / "eval"), config_name="eval")
+@hydra_command(config_name="eval", config_path=conf_dir() / "eval")
 def main(cfg: DictConfig) -> None:
     quiet_http_logs()
     run(cfg)

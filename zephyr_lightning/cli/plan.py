@@ -17,15 +17,22 @@ import sys
 
 from omegaconf import OmegaConf
 
+from zephyr_lightning.cli.app import guarded_command
 from zephyr_lightning.cli.configs import compose
 from zephyr_lightning.plan import GIB, ShapeUnknown, plan_from_config, tokens_note
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    with guarded_command(argv):  # credentials in overrides stay off the console; user errors in one line
+        _plan(argv)
+
+
+def _plan(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="zephyr-plan", description=__doc__.split("\n\n")[0])
     parser.add_argument("--devices", help="device counts to plan for, e.g. 1,8,64 (default: the config's)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for `python train.py`")
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(argv)
     overrides = list(args.overrides)
     if not any(o.lstrip("+~").startswith("paths.output_dir") for o in overrides):
         overrides.append("paths.output_dir=.")  # nothing is written; Hydra's run folder exists only in a run
