@@ -70,12 +70,20 @@ class RowTokenizer:
     origins: tuple[tuple[str, str, RowLines | None], ...] = ()
 
     def __init__(
-        self, tokenizer: PreTrainedTokenizerBase, *, source: str, split: str, on_bad_row: str, chat_format: ChatFormat
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        source: str,
+        split: str,
+        on_bad_row: str,
+        on_too_long: str,
+        chat_format: ChatFormat,
     ) -> None:
         self.tokenizer = tokenizer
         self.source = source
         self.split = split
         self.on_bad_row = on_bad_row
+        self.on_too_long = on_too_long
         self.chat_format = chat_format
 
     def tokenize_row(self, row: dict[str, Any], where: str) -> tuple[dict[str, Any], str]:
@@ -141,8 +149,8 @@ class ChatDataModule(L.LightningDataModule):
     """Base DataModule: a tokenizer, named splits of one source or a mixture, cleaning, and
     `RowTokenizer`-made token columns.
 
-    Subclasses set ``kind`` (`zephyr_lightning.data.schema`), implement `row_tokenizer` and set
-    ``self.collator``.
+    Subclasses set ``kind`` (`zephyr_lightning.data.schema`) and ``row_tokenizer_class``, implement
+    `tokenizer_options` and set ``self.collator``.
 
     Args (shared by both DataModules; the others are in their docstrings):
         mixture: several sources, each with a fraction or a row count (`zephyr_lightning.data.mixture`);
@@ -157,6 +165,7 @@ class ChatDataModule(L.LightningDataModule):
     """
 
     kind: Kind = "sft"
+    row_tokenizer_class: type[RowTokenizer] = RowTokenizer
 
     def __init__(
         self,
@@ -217,12 +226,24 @@ class ChatDataModule(L.LightningDataModule):
         self._train_loader: ResumableDataLoader | None = None
         self._train_loader_state: dict[str, Any] | None = None
 
+    def tokenizer_options(self) -> dict[str, Any]:
+        """The kind's own `RowTokenizer` arguments (lengths, loss mask); the log line about kept and
+        dropped rows names them too."""
+        return {}
+
     def row_tokenizer(self, split: str) -> RowTokenizer:
-        raise NotImplementedError
+        return self.row_tokenizer_class(
+            self.tokenizer,
+            source=self.source_label,
+            split=split,
+            on_bad_row=self.on_bad_row,
+            on_too_long=self.on_too_long,
+            chat_format=self.chat_format,
+            **self.tokenizer_options(),
+        )
 
     def describe_limits(self) -> str:
-        """The length settings, for the log line about kept and dropped rows."""
-        return ""
+        return ", ".join(f"{key}={value}" for key, value in self.tokenizer_options().items())
 
     @property
     def source_label(self) -> str:

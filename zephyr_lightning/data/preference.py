@@ -25,12 +25,10 @@ class PreferenceTokenizer(RowTokenizer):
 
     columns = ("prompt_id", "prompt_input_ids", "chosen_input_ids", "rejected_input_ids")
 
-    def __init__(self, tokenizer, *, source, split, on_bad_row, chat_format, max_length: int, max_prompt_length: int,
-                 on_too_long: str):
-        super().__init__(tokenizer, source=source, split=split, on_bad_row=on_bad_row, chat_format=chat_format)
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, *, max_length: int, max_prompt_length: int, **common: Any):
+        super().__init__(tokenizer, **common)
         self.max_length = max_length
         self.max_prompt_length = max_prompt_length
-        self.on_too_long = on_too_long
 
     def tokenize_row(self, row: dict[str, Any], where: str) -> tuple[dict[str, Any], str]:
         chosen, rejected = validate_pair(row, where=where)
@@ -103,6 +101,7 @@ class PreferenceDataModule(ChatDataModule):
     """
 
     kind = "prefs"
+    row_tokenizer_class = PreferenceTokenizer
 
     def __init__(
         self,
@@ -123,17 +122,5 @@ class PreferenceDataModule(ChatDataModule):
         self.max_prompt_length = max_prompt_length
         self.collator = PreferenceCollator(self.tokenizer.pad_token_id, pad_to_multiple_of=pad_to_multiple_of, packing=packing)
 
-    def row_tokenizer(self, split: str) -> PreferenceTokenizer:
-        return PreferenceTokenizer(
-            self.tokenizer,
-            source=self.source_label,
-            split=split,
-            on_bad_row=self.on_bad_row,
-            chat_format=self.chat_format,
-            max_length=self.max_length,
-            max_prompt_length=self.max_prompt_length,
-            on_too_long=self.on_too_long,
-        )
-
-    def describe_limits(self) -> str:
-        return f"max_length={self.max_length}, max_prompt_length={self.max_prompt_length}"
+    def tokenizer_options(self) -> dict[str, Any]:
+        return {"max_length": self.max_length, "max_prompt_length": self.max_prompt_length}

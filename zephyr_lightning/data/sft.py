@@ -32,12 +32,10 @@ class SFTTokenizer(RowTokenizer):
 
     columns = ("prompt_id", "input_ids", "loss_mask", "length")
 
-    def __init__(self, tokenizer, *, source, split, on_bad_row, chat_format, max_length: int, loss_on: str,
-                 on_too_long: str):
-        super().__init__(tokenizer, source=source, split=split, on_bad_row=on_bad_row, chat_format=chat_format)
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, *, max_length: int, loss_on: str, **common: Any):
+        super().__init__(tokenizer, **common)
         self.max_length = max_length
         self.loss_on = loss_on
-        self.on_too_long = on_too_long
 
     def placeholder(self, row: dict[str, Any]) -> dict[str, Any]:
         return {**super().placeholder(row), "length": 0}
@@ -96,6 +94,7 @@ class SFTDataModule(ChatDataModule):
     """
 
     kind = "sft"
+    row_tokenizer_class = SFTTokenizer
 
     def __init__(
         self,
@@ -120,20 +119,8 @@ class SFTDataModule(ChatDataModule):
         self.collator = SFTCollator(self.tokenizer.pad_token_id, pad_to_multiple_of=pad_to_multiple_of)
         self.padding: dict[str, dict[str, float]] = {}
 
-    def row_tokenizer(self, split: str) -> SFTTokenizer:
-        return SFTTokenizer(
-            self.tokenizer,
-            source=self.source_label,
-            split=split,
-            on_bad_row=self.on_bad_row,
-            chat_format=self.chat_format,
-            max_length=self.max_length,
-            loss_on=self.loss_on,
-            on_too_long=self.on_too_long,
-        )
-
-    def describe_limits(self) -> str:
-        return f"max_length={self.max_length}, loss_on={self.loss_on}"
+    def tokenizer_options(self) -> dict[str, Any]:
+        return {"max_length": self.max_length, "loss_on": self.loss_on}
 
     def after_setup(self) -> None:
         for key, data in list(self.datasets.items()):
