@@ -30,7 +30,6 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from recipes.mini_zephyr.report import ModelScores, SeedResult, write_report
@@ -39,6 +38,7 @@ from recipes.mini_zephyr.teacher import write_teacher_data
 from zephyr_lightning.aif.client import quiet_http_logs
 from zephyr_lightning.cli import aif as aif_command
 from zephyr_lightning.cli import evaluate as eval_command
+from zephyr_lightning.cli.app import hydra_command
 from zephyr_lightning.cli.configs import compose, conf_dir
 from zephyr_lightning.cli.train import train
 from zephyr_lightning.evaluate import EvalResults
@@ -221,7 +221,9 @@ def run_recipe(cfg: DictConfig) -> dict[str, float]:
     return {f"mini/{d}/{name}": value["mean"] for d, stats in numbers["aggregate"].items() for name, value in stats.items()}
 
 
-@hydra.main(version_base="1.3", config_path=str(CONF), config_name="mini_zephyr")
+# The project's command start-up: credentials blanked on the console, in logs and the run's records; a
+# user error in one line.
+@hydra_command("mini_zephyr", config_path=CONF)
 def main(cfg: DictConfig) -> float:
     """Run the recipe; return the mean greedy win rate (what a Hydra sweeper over the recipe maximises)."""
     quiet_http_logs()
