@@ -11,6 +11,8 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
 
+from zephyr_lightning.callbacks.run_checkpoint import checkpoint_folder
+
 log = logging.getLogger(__name__)
 
 
@@ -71,13 +73,7 @@ class PreemptionCheckpoint(Checkpoint):
         self.received = signum
 
     def checkpoint_path(self, trainer: L.Trainer) -> Path:
-        if self.dirpath is not None:
-            folder = self.dirpath
-        elif isinstance(trainer.checkpoint_callback, ModelCheckpoint) and trainer.checkpoint_callback.dirpath:
-            folder = Path(trainer.checkpoint_callback.dirpath)
-        else:
-            folder = Path(trainer.default_root_dir) / "checkpoints"
-        return folder / f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}{ModelCheckpoint.FILE_EXTENSION}"
+        return checkpoint_folder(trainer, self.dirpath) / f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}{ModelCheckpoint.FILE_EXTENSION}"
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Installed here, after Lightning registered its own SIGTERM handler at the end of set-up, so that

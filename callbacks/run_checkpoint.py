@@ -60,3 +60,14 @@ class RunCheckpoint(ModelCheckpoint):
                 continue
             log.info("removing %s: superseded before the run stopped (save_top_k=%d)", path, self.save_top_k)
             trainer.strategy.remove_checkpoint(path)
+
+
+def checkpoint_folder(trainer: L.Trainer, dirpath: str | Path | None = None) -> Path:
+    """Where a run's checkpoints live: ``dirpath`` if given, else the ModelCheckpoint's folder, else
+    ``<default_root_dir>/checkpoints`` (Lightning's own default). Files that travel with the checkpoints
+    (the pre-emption save, the validation record) go there too, so a resumed run finds them."""
+    if dirpath is not None:
+        return Path(dirpath)
+    if isinstance(trainer.checkpoint_callback, ModelCheckpoint) and trainer.checkpoint_callback.dirpath:
+        return Path(trainer.checkpoint_callback.dirpath)
+    return Path(trainer.default_root_dir) / "checkpoints"

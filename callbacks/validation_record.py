@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerStatus
 
 from zephyr_lightning.atomic import atomic_write
+from zephyr_lightning.callbacks.run_checkpoint import checkpoint_folder
 
 log = logging.getLogger(__name__)
 
@@ -43,13 +43,7 @@ class ValidationRecord(L.Callback):
         self._due_at: int | None = None  # from the checkpoint resumed from
 
     def record_path(self, trainer: L.Trainer) -> Path:
-        if self.dirpath is not None:
-            folder = self.dirpath
-        elif isinstance(trainer.checkpoint_callback, ModelCheckpoint) and trainer.checkpoint_callback.dirpath:
-            folder = Path(trainer.checkpoint_callback.dirpath)
-        else:
-            folder = Path(trainer.default_root_dir) / "checkpoints"
-        return folder / RECORD_FILE
+        return checkpoint_folder(trainer, self.dirpath) / RECORD_FILE
 
     # ---- what a checkpoint carries ----------------------------------------------------------------
 
