@@ -18,13 +18,24 @@ What it measures, each against TRL 1.16 in the same run, on random-init Mistral-
       own process, so running out of memory is a result.
   (e) checks: varlen attention vs sdpa, packed vs padded DPO losses, and the share of trainable elements one
       AdamW step at lr 5e-7 changes (update survival) in ours' precision set-up and in the old one.
+  (f) dDPO of the 7B shape with LoRA and QLoRA (issue 14.8), the adapters of the alignment handbook's QLoRA dDPO
+      recipe (r 128, alpha 128, dropout 0.05, the 7 projections; read from conf/experiment/zephyr_7b_dpo_qlora.yaml
+      and conf/model/peft/lora.yaml), grad ckpt, each run in its own process: ours (ModelSpec(peft=...,
+      quantization=None | "4bit", dtype="bfloat16"), bf16-mixed, compile, no reference model: the policy with its
+      adapters disabled) vs DPOTrainer (the base loaded the same way, the same LoraConfig as peft_config,
+      ref_model=None, bf16=True); pairs/s, peak memory (ours from the first training step, as TRL's is: the
+      model is built before its meter starts). QLoRA needs CUDA; its two runs load one bf16 base saved once
+      (~14 GB, inside the first run's time limit, outside its clock). MFU here counts 6 x the base parameters per
+      token (forward, activation gradients, the reference pass). A tier-2 entry repeats ours' QLoRA without
+      compile, in case compiling through bitsandbytes fails.
 
 Precision, beside every figure (issue 13): ours = fp32 master weights, bf16 compute (model loaded in float32,
 Lightning precision="bf16-mixed", i.e. autocast), frozen reference in bf16. TRL = loaded in float32 with
 bf16=True (its documented mixed precision); "TRL default" = what DPOTrainer does given a model id (fp32
 policy and fp32 reference, bf16=True, gradient checkpointing on). Rows marked "old" are the first round's
 pure-bf16 set-up (bf16 weights, plain AdamW), kept only to compare with the earlier figures: that set-up
-cannot train at lr 5e-7.
+cannot train at lr 5e-7. LoRA/QLoRA rows (f): frozen bf16 or 4-bit base, fp32 adapters under bf16 autocast on
+both sides, except that TRL casts QLoRA adapters to bf16 (its rule for quantized bases).
 
 Attention: ours uses torch's varlen FlashAttention kernel (``attn_implementation=varlen``, registered by this
 project); TRL's SFT padding-free path needs a FlashAttention, and flash-attn cannot be installed on the lent
@@ -36,8 +47,8 @@ per token for a live reference; attention and recomputation are not counted.
 
 Limits: each entry has a time limit, the whole run a budget (``--budget-s``, default 480 s); tier-1 entries run
 first, tier 2 fill the time left; results are written after every entry, so a timeout keeps what finished.
-Adding a run (e.g. LoRA/QLoRA once ``ModelSpec(peft=..., quantization=...)`` lands): one more `Entry` in
-`entries()`, e.g. ``dpo_ours("7b", spec={"peft": {...}})`` beside ``dpo_trl("7b", peft={...})``.
+``--entries`` takes entry names, groups (e.g. ``7b_lora``, ``7b_qlora``) and tiers. Adding a run: one more `Entry`
+in `entries()`.
 """
 
 from __future__ import annotations
@@ -524,7 +535,8 @@ def main() -> None:
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "precision": {"ours": "fp32 weights + bf16-mixed (autocast), bf16 frozen reference",
                       "trl": "weights as named per run, bf16=True (autocast)",
-                      "old": "bf16 weights, plain AdamW (the first round's figures)"},
+                      "old": "bf16 weights, plain AdamW (the first round's figures)",
+                      "lora": "frozen bf16 or 4-bit base, fp32 adapters (TRL's QLoRA: bf16), bf16 autocast"},
         "mfu_peak_flops": H100_BF16_PEAK, "entries": {}, "ratios": {},
     })
     t0 = time.monotonic()
