@@ -88,12 +88,14 @@ class LightningTiming(L.Callback):
         self.profile_t0 = 0.0
         self.params = 0
         self.reference_params = 0
+        self.trainable_params = 0
         # Set to the run's meter to count peak memory from the first training step (see run_ours_dpo).
         self.restart_meter: MemoryMeter | None = None
 
     def on_train_start(self, trainer, pl_module) -> None:
         self.params = pl_module.parameter_count(pl_module.model)
         self.reference_params = pl_module.parameter_count(getattr(pl_module, "reference", None))
+        self.trainable_params = sum(p.numel() for p in pl_module.model.parameters() if p.requires_grad)
         if self.restart_meter is not None:
             self.restart_meter.restart()
 
@@ -169,6 +171,7 @@ def run_ours_dpo(
         if flops_per_token is None:
             flops_per_token = 6 * timing.params + (0 if precompute else 2 * timing.reference_params)
         result = timer.summary(name, "pairs", w.warmup, flops_per_token, mem, peak_flops, params=timing.params,
+                               trainable_params=timing.trainable_params,
                                precision=precision, packing=packing, precompute=precompute,
                                peak_memory_from="first training step" if peak_from_training else "start of fit")
         if timing.profile is not None:
@@ -239,6 +242,7 @@ def run_trl_dpo(
         trainer.data_collator = counting_collate
         trainer.add_callback(Timing())
         del policy, reference
+        trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
         with MemoryMeter(device) as mem:
             if precompute:
                 # Precomputing happens while building the train dataloader; it is not part of a step.
@@ -248,7 +252,8 @@ def run_trl_dpo(
         if flops_per_token is None:
             flops_per_token = (6 if precompute else 8) * params
         result = timer.summary(name, "pairs", w.warmup, flops_per_token, mem, peak_flops,
-                               params=params, bf16_autocast=bf16, gradient_checkpointing=gradient_checkpointing,
+                               params=params, trainable_params=trainable, bf16_autocast=bf16,
+                               gradient_checkpointing=gradient_checkpointing,
                                precompute=precompute)
     del trainer
     free(device)
