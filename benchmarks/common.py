@@ -61,6 +61,14 @@ class MemoryMeter:
             self.thread.start()
         return self
 
+    def restart(self) -> None:
+        """Forget the peak so far: from now on the peak counts what is resident now plus what comes after (e.g.
+        from the first training step, leaving out a model build's transient copies)."""
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            self.peak = max(0, self._rss() - self.base)
+
     def _sample(self) -> None:
         while not self._stop.is_set():
             self.peak = max(self.peak, self._rss() - self.base)

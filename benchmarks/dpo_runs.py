@@ -88,10 +88,16 @@ class LightningTiming(L.Callback):
         self.profile_t0 = 0.0
         self.params = 0
         self.reference_params = 0
+        self.trainable_params = 0
+        # Set to the run's meter to count peak memory from the first training step (see run_ours_dpo).
+        self.restart_meter: MemoryMeter | None = None
 
     def on_train_start(self, trainer, pl_module) -> None:
         self.params = pl_module.parameter_count(pl_module.model)
         self.reference_params = pl_module.parameter_count(getattr(pl_module, "reference", None))
+        self.trainable_params = sum(p.numel() for p in pl_module.model.parameters() if p.requires_grad)
+        if self.restart_meter is not None:
+            self.restart_meter.restart()
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self.profile_steps and self.seen == self.steps:
@@ -136,12 +142,18 @@ def run_ours_dpo(
     precision: str = "32-true",
     peak_flops: float | None = None,
     profile_steps: int = 0,
+    peak_from_training: bool = False,
+    flops_per_token: float | None = None,
 ) -> Result:
     """This project's DPO training step: DPOModule + PreferenceCollator under a Lightning Trainer.
 
     ``policy`` / ``reference``: what DPOModule takes (a `ModelSpec` is loaded inside the Trainer, on the
     device, as a user's run does), or a function returning a ready model. ``profile_steps``: after the
     timed steps, run that many more under torch.profiler and put its summary in ``extra["profile"]``.
+    ``peak_from_training``: peak memory from the first training step, as TRL's side counts it (its model is
+    built before the meter starts), leaving out the load's transient copies (a built-in model is built in
+    float32, then cast). ``flops_per_token``: the model FLOPs per token when counting parameters cannot give
+    them (LoRA: the frozen base gets no weight gradients; 4-bit weights count half their elements).
     """
     from zephyr_lightning import DPOModule, OptimizerConfig
     from zephyr_lightning.data.collators import PreferenceCollator
@@ -154,10 +166,14 @@ def run_ours_dpo(
         data = ListData(pairs, PreferenceCollator(0, packing=packing), w.batch_size)
         trainer = lightning_trainer(device, precision, w.steps + profile_steps, tmp, [timing])
         with MemoryMeter(device) as mem:
+            timing.restart_meter = mem if peak_from_training else None
             trainer.fit(module, datamodule=data)
-        reference_flops = 0 if precompute else 2 * timing.reference_params
-        result = timer.summary(name, "pairs", w.warmup, 6 * timing.params + reference_flops, mem, peak_flops,
-                               params=timing.params, precision=precision, packing=packing, precompute=precompute)
+        if flops_per_token is None:
+            flops_per_token = 6 * timing.params + (0 if precompute else 2 * timing.reference_params)
+        result = timer.summary(name, "pairs", w.warmup, flops_per_token, mem, peak_flops, params=timing.params,
+                               trainable_params=timing.trainable_params,
+                               precision=precision, packing=packing, precompute=precompute,
+                               peak_memory_from="first training step" if peak_from_training else "start of fit")
         if timing.profile is not None:
             result.extra["profile"] = timing.profile
     del module, trainer, data
@@ -179,10 +195,12 @@ def run_trl_dpo(
     bf16: bool,
     peak_flops: float | None = None,
     peft_config: Any = None,
+    flops_per_token: float | None = None,
 ) -> Result:
     """TRL's DPOTrainer on the same weights and pairs. Its tokenisation step is bypassed (the pairs are
     already token ids); everything it does per step is kept. ``make_reference=None``: TRL's own choice
-    (with ``precompute``: the policy's starting weights, computed once before training)."""
+    (with ``precompute``: the policy's starting weights, computed once before training; with ``peft_config``:
+    the policy with its adapter disabled). ``flops_per_token``: as in `run_ours_dpo`."""
     import datasets
     from transformers import TrainerCallback
     from trl import DPOConfig, DPOTrainer
@@ -224,14 +242,18 @@ def run_trl_dpo(
         trainer.data_collator = counting_collate
         trainer.add_callback(Timing())
         del policy, reference
+        trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
         with MemoryMeter(device) as mem:
             if precompute:
                 # Precomputing happens while building the train dataloader; it is not part of a step.
                 trainer.get_train_dataloader()
                 step_tokens.clear()
             trainer.train()
-        result = timer.summary(name, "pairs", w.warmup, (6 if precompute else 8) * params, mem, peak_flops,
-                               params=params, bf16_autocast=bf16, gradient_checkpointing=gradient_checkpointing,
+        if flops_per_token is None:
+            flops_per_token = (6 if precompute else 8) * params
+        result = timer.summary(name, "pairs", w.warmup, flops_per_token, mem, peak_flops,
+                               params=params, trainable_params=trainable, bf16_autocast=bf16,
+                               gradient_checkpointing=gradient_checkpointing,
                                precompute=precompute)
     del trainer
     free(device)

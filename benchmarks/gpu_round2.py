@@ -18,13 +18,24 @@ What it measures, each against TRL 1.16 in the same run, on random-init Mistral-
       own process, so running out of memory is a result.
   (e) checks: varlen attention vs sdpa, packed vs padded DPO losses, and the share of trainable elements one
       AdamW step at lr 5e-7 changes (update survival) in ours' precision set-up and in the old one.
+  (f) dDPO of the 7B shape with LoRA and QLoRA (issue 14.8), the adapters of the alignment handbook's QLoRA dDPO
+      recipe (r 128, alpha 128, dropout 0.05, the 7 projections; read from conf/experiment/zephyr_7b_dpo_qlora.yaml
+      and conf/model/peft/lora.yaml), grad ckpt, each run in its own process: ours (ModelSpec(peft=...,
+      quantization=None | "4bit", dtype="bfloat16"), bf16-mixed, compile, no reference model: the policy with its
+      adapters disabled) vs DPOTrainer (the base loaded the same way, the same LoraConfig as peft_config,
+      ref_model=None, bf16=True); pairs/s, peak memory (ours from the first training step, as TRL's is: the
+      model is built before its meter starts). QLoRA needs CUDA; its two runs load one bf16 base saved once
+      (~14 GB, inside the first run's time limit, outside its clock). MFU here counts 6 x the base parameters per
+      token (forward, activation gradients, the reference pass). A tier-2 entry repeats ours' QLoRA without
+      compile, in case compiling through bitsandbytes fails.
 
 Precision, beside every figure (issue 13): ours = fp32 master weights, bf16 compute (model loaded in float32,
 Lightning precision="bf16-mixed", i.e. autocast), frozen reference in bf16. TRL = loaded in float32 with
 bf16=True (its documented mixed precision); "TRL default" = what DPOTrainer does given a model id (fp32
 policy and fp32 reference, bf16=True, gradient checkpointing on). Rows marked "old" are the first round's
 pure-bf16 set-up (bf16 weights, plain AdamW), kept only to compare with the earlier figures: that set-up
-cannot train at lr 5e-7.
+cannot train at lr 5e-7. LoRA/QLoRA rows (f): frozen bf16 or 4-bit base, fp32 adapters under bf16 autocast on
+both sides, except that TRL casts QLoRA adapters to bf16 (its rule for quantized bases).
 
 Attention: ours uses torch's varlen FlashAttention kernel (``attn_implementation=varlen``, registered by this
 project); TRL's SFT padding-free path needs a FlashAttention, and flash-attn cannot be installed on the lent
@@ -36,8 +47,8 @@ per token for a live reference; attention and recomputation are not counted.
 
 Limits: each entry has a time limit, the whole run a budget (``--budget-s``, default 480 s); tier-1 entries run
 first, tier 2 fill the time left; results are written after every entry, so a timeout keeps what finished.
-Adding a run (e.g. LoRA/QLoRA once ``ModelSpec(peft=..., quantization=...)`` lands): one more `Entry` in
-`entries()`, e.g. ``dpo_ours("7b", spec={"peft": {...}})`` beside ``dpo_trl("7b", peft={...})``.
+``--entries`` takes entry names, groups (e.g. ``7b_lora``, ``7b_qlora``) and tiers. Adding a run: one more `Entry`
+in `entries()`.
 """
 
 from __future__ import annotations
@@ -75,6 +86,28 @@ MIXED = "bf16-mixed"  # Lightning's autocast over fp32 weights: ours' precision 
 # when the check of that very path failed, instead of spending device time to fail the same way.
 VARLEN_AUTOCAST = ("check_varlen:fp32_weights_bf16_autocast",)
 VARLEN_BF16 = ("check_varlen:bf16_weights",)
+CONF = Path(__file__).resolve().parent.parent / "conf"
+
+
+def handbook_lora() -> dict[str, Any]:
+    """The LoRA settings of ``+experiment=zephyr_7b_dpo_qlora`` (the alignment handbook's QLoRA dDPO recipe):
+    the ``model/peft=lora`` group file with that experiment's overrides (r 128, alpha 128; dropout 0.05, the 7
+    projections). Ours and TRL get the same settings."""
+    import yaml
+
+    settings = yaml.safe_load((CONF / "model" / "peft" / "lora.yaml").read_text())
+    settings.update(yaml.safe_load((CONF / "experiment" / "zephyr_7b_dpo_qlora.yaml").read_text())["model"]["peft"])
+    settings.pop("_target_", None)
+    return settings
+
+
+def mistral_params(shape: dict[str, int], vocab_size: int = 32000) -> int:
+    """Parameters of an untied Mistral of ``shape``, from its matrices: counting tensor elements undercounts
+    4-bit weights (two to a byte) and counts LoRA adapters, whose FLOPs the MFU convention leaves out."""
+    hidden, ffn = shape["hidden_size"], shape["intermediate_size"]
+    kv = hidden // shape["num_attention_heads"] * shape["num_key_value_heads"]
+    layer = 2 * hidden * hidden + 2 * hidden * kv + 3 * hidden * ffn + 2 * hidden  # q, o; k, v; MLP; two norms
+    return 2 * vocab_size * hidden + shape["num_hidden_layers"] * layer + hidden
 
 
 class Context:
@@ -107,15 +140,32 @@ class Context:
         fields.setdefault("attn_implementation", "varlen")
         return ModelSpec(name_or_path="builtin:tiny-mistral", seed=0, config_overrides=self.shape(size), **fields)
 
-    def factory(self, size: str, dtype: str, attn: str):
-        """A function building the model on the device (random init from the seed: the same weights as ours)."""
+    def factory(self, size: str, dtype: str, attn: str, quantization: str | None = None):
+        """A function building the model on the device (random init from the seed: the same weights as ours);
+        ``quantization="4bit"``: the bf16 weights of `saved_base`, loaded in 4-bit as ours loads them (no
+        adapter: TRL adds its own)."""
         from zephyr_lightning.models import load_causal_lm
 
         def build():
             with self.torch.device(self.device):
-                return load_causal_lm(self.spec(size, dtype=dtype, attn_implementation=attn))
+                return load_causal_lm(self.spec(size, dtype=dtype, attn_implementation=attn, quantization=quantization))
 
         return build
+
+    def saved_base(self, size: str) -> dict[str, Any]:
+        """Save the built-in model of ``size`` in bf16 once, to the folder a quantized load reads
+        (`models.builtin_folder`, keyed by seed, shape and dtype), before a run starts its clock and its memory
+        meter. Ours and TRL's QLoRA runs, each in its own process, load the same folder; whichever runs first
+        pays the save (7B shapes: ~14 GB), the other finds it."""
+        from common import free
+
+        from zephyr_lightning.models import builtin_folder
+
+        t0 = time.perf_counter()
+        with self.torch.device(self.device):  # built (in float32, then cast) on the GPU: seconds, not minutes
+            folder = builtin_folder(self.spec(size, dtype="bfloat16"))
+        free(self.device)
+        return {"base_folder": str(folder), "base_folder_s": round(time.perf_counter() - t0, 1)}
 
     def pairs(self, size: str):
         from dpo_runs import PairWorkload, make_pairs
@@ -162,47 +212,71 @@ def _result(result: Result, **notes: Any) -> dict[str, Any]:
 
 
 def dpo_ours(size: str, *, precompute: bool = False, checkpointing: bool = False, compile: bool = True,
-             old_bf16: bool = False, profile_steps: int = 0, spec: dict | None = None):
-    """Ours: fp32 policy + bf16 reference under bf16-mixed (``old_bf16``: bf16 policy, bf16-true)."""
+             old_bf16: bool = False, profile_steps: int = 0, lora: bool = False, quantization: str | None = None):
+    """Ours: fp32 policy + bf16 reference under bf16-mixed (``old_bf16``: bf16 policy, bf16-true). ``lora``: the
+    handbook's adapters on a frozen bf16 base (``quantization="4bit"``: QLoRA) and no reference model: DPOModule
+    runs the policy with its adapters disabled, the adapters' starting point."""
 
     def run(ctx: Context) -> dict[str, Any]:
         from dpo_runs import run_ours_dpo
 
         w, pairs = ctx.pairs(size)
         backend = ctx.compile if compile else False
-        policy = ctx.spec(size, dtype="bfloat16" if old_bf16 else "float32", gradient_checkpointing=checkpointing,
-                          compile=backend, **(spec or {}))
-        reference = ctx.spec(size, dtype="bfloat16", compile=backend)
+        notes: dict[str, Any] = ctx.saved_base(size) if quantization else {}
+        policy = ctx.spec(size, dtype="bfloat16" if old_bf16 or lora else "float32",
+                          gradient_checkpointing=checkpointing, compile=backend,
+                          peft=handbook_lora() if lora else None, quantization=quantization)
+        reference = None if lora else ctx.spec(size, dtype="bfloat16", compile=backend)
         precision = "bf16-true" if old_bf16 else MIXED
+        # LoRA: 2 x base params per token forward, 2 backward (activation gradients only), 2 for the reference pass.
+        flops = 6 * mistral_params(ctx.shape(size)) if lora else None
         result = run_ours_dpo(f"ours {size}", w, pairs, policy, reference, ctx.device, packing=True,
                               precompute=precompute, precision=precision, peak_flops=ctx.peak_flops,
-                              profile_steps=profile_steps)
-        return _result(result, set_up="pure bf16 weights, plain AdamW (old)" if old_bf16 else
-                       "fp32 master weights, bf16 autocast, bf16 reference", attention="varlen",
-                       compile=backend, gradient_checkpointing=checkpointing, batch_pairs=w.batch_size)
+                              profile_steps=profile_steps, peak_from_training=lora, flops_per_token=flops)
+        if lora:
+            base = "4-bit NF4 base (peft's kbit preparation: norms, embeddings, head in fp32)" if quantization \
+                else "bf16 base"
+            set_up = f"{base}, frozen; fp32 LoRA adapters; bf16 autocast; reference = base with adapters disabled"
+        elif old_bf16:
+            set_up = "pure bf16 weights, plain AdamW (old)"
+        else:
+            set_up = "fp32 master weights, bf16 autocast, bf16 reference"
+        if lora:
+            notes.update(lora=handbook_lora(), mfu_params=mistral_params(ctx.shape(size)))
+        return _result(result, set_up=set_up, attention="varlen", compile=backend, gradient_checkpointing=checkpointing,
+                       batch_pairs=w.batch_size, **notes)
 
     return run
 
 
 def dpo_trl(size: str, *, precompute: bool = False, checkpointing: bool = True, policy_dtype: str = "float32",
-            reference_dtype: str = "float32", peft: dict | None = None):
-    """TRL's DPOTrainer with bf16=True (autocast) over weights of ``policy_dtype``."""
+            reference_dtype: str = "float32", lora: bool = False, quantization: str | None = None):
+    """TRL's DPOTrainer with bf16=True (autocast) over weights of ``policy_dtype``. ``lora``: the handbook's
+    adapters as its ``peft_config`` and ``ref_model=None`` (TRL disables the adapter for the reference pass);
+    ``quantization="4bit"``: the base loaded in 4-bit as ours loads it, prepared by TRL itself."""
 
     def run(ctx: Context) -> dict[str, Any]:
         from dpo_runs import run_trl_dpo
 
         w, pairs = ctx.pairs(size)
-        peft_config = None
-        if peft is not None:
+        notes: dict[str, Any] = ctx.saved_base(size) if quantization else {}
+        peft_config, make_reference, flops = None, ctx.factory(size, reference_dtype, "sdpa"), None
+        set_up = f"{policy_dtype} policy, {reference_dtype} reference, bf16=True (autocast)"
+        if lora:
             from peft import LoraConfig
 
-            peft_config = LoraConfig(**peft)
-        result = run_trl_dpo(f"trl {size}", w, pairs, ctx.factory(size, policy_dtype, "sdpa"),
-                             ctx.factory(size, reference_dtype, "sdpa"), ctx.tokenizer, ctx.device,
-                             precompute=precompute, gradient_checkpointing=checkpointing, bf16=True,
-                             peak_flops=ctx.peak_flops, peft_config=peft_config)
-        return _result(result, set_up=f"{policy_dtype} policy, {reference_dtype} reference, bf16=True (autocast)",
-                       attention="sdpa (padded)", batch_pairs=w.batch_size)
+            peft_config = LoraConfig(**handbook_lora())
+            make_reference = None
+            flops = 6 * mistral_params(ctx.shape(size))  # as ours' LoRA runs count them
+            adapters = "LoRA adapters cast to bf16 (TRL's QLoRA rule)" if quantization else "fp32 LoRA adapters"
+            base = "4-bit NF4 base (no kbit preparation: TRL does none)" if quantization else f"{policy_dtype} base"
+            set_up = f"{base}, frozen; {adapters}; bf16=True (autocast); ref_model=None: adapter disabled"
+            notes.update(lora=handbook_lora(), mfu_params=mistral_params(ctx.shape(size)))
+        result = run_trl_dpo(f"trl {size}", w, pairs, ctx.factory(size, policy_dtype, "sdpa", quantization),
+                             make_reference, ctx.tokenizer, ctx.device, precompute=precompute,
+                             gradient_checkpointing=checkpointing, bf16=True, peak_flops=ctx.peak_flops,
+                             peft_config=peft_config, flops_per_token=flops)
+        return _result(result, set_up=set_up, attention="sdpa (padded)", batch_pairs=w.batch_size, **notes)
 
     return run
 
@@ -283,7 +357,7 @@ def entries() -> list[Entry]:
     """Every measurement, in the order tier 1 runs; tier 2 follows if the budget allows."""
     live_vs = "dpo_1b_trl_default"
     return [
-        # tier 1: checks; (b) + (c) and (a), main rows; (d); then the other tier-1 variants
+        # tier 1: checks; (b) + (c) and (a), main rows; (d); (f); then the other tier-1 variants
         Entry("check_varlen", "varlen attention on a packed row vs sdpa per sequence (bf16 weights; fp32 + autocast)",
               check("varlen_vs_sdpa"), 90, group="1b"),
         Entry("check_packed_dpo", "packed vs padded DPO losses (fp32 policy, bf16 reference, autocast)",
@@ -304,11 +378,29 @@ def entries() -> list[Entry]:
               dpo_ours("7b", checkpointing=True), 420, isolate=True, baseline="dpo_7b_trl_ckpt", requires=VARLEN_AUTOCAST),
         Entry("dpo_7b_trl_ckpt", "7B-shaped dDPO, TRL: fp32 policy + bf16 reference, bf16=True, grad ckpt",
               dpo_trl("7b", reference_dtype="bfloat16"), 360, isolate=True),
-        # tier 1, after the 7B runs: the memory-matched and precomputed variants
+        # (f) issue 14.8: LoRA and QLoRA with the handbook's QLoRA dDPO adapters; each side's reference is its own
+        # base with the adapters disabled (no second model). The QLoRA limits include saving the bf16 base once
+        # (~14 GB), which the two runs share.
+        Entry("dpo_7b_ours_lora", "7B-shaped dDPO, ours, LoRA r 128 on a bf16 base, reference = adapters off, grad ckpt, "
+              "compile", dpo_ours("7b", lora=True, checkpointing=True), 420, group="7b_lora", isolate=True,
+              baseline="dpo_7b_trl_lora", requires=VARLEN_AUTOCAST + VARLEN_BF16),
+        Entry("dpo_7b_trl_lora", "7B-shaped dDPO, TRL, the same LoRA as peft_config on a bf16 base, ref_model=None, "
+              "bf16=True, grad ckpt", dpo_trl("7b", lora=True, policy_dtype="bfloat16"), 360, group="7b_lora",
+              isolate=True),
+        Entry("dpo_7b_ours_qlora", "7B-shaped dDPO, ours, QLoRA: LoRA r 128 on a 4-bit NF4 base, reference = adapters "
+              "off, grad ckpt, compile", dpo_ours("7b", lora=True, quantization="4bit", checkpointing=True), 540,
+              group="7b_qlora", isolate=True, needs_cuda=True, baseline="dpo_7b_trl_qlora",
+              requires=VARLEN_AUTOCAST + VARLEN_BF16),
+        Entry("dpo_7b_trl_qlora", "7B-shaped dDPO, TRL, the same LoRA as peft_config on the same 4-bit base, "
+              "ref_model=None, bf16=True, grad ckpt", dpo_trl("7b", lora=True, quantization="4bit",
+              policy_dtype="bfloat16"), 480, group="7b_qlora", isolate=True, needs_cuda=True),
+        # tier 1, after the 7B runs: the memory-matched and precomputed variants (with their TRL baseline)
         Entry("dpo_1b_ours_live_ckpt", "1.1B dDPO, ours, live reference, compile + activation checkpointing",
               dpo_ours("1b", checkpointing=True), 200, group="1b_more", baseline=live_vs, requires=VARLEN_AUTOCAST),
         Entry("dpo_1b_ours_precomputed", "1.1B dDPO, ours, precomputed reference log-probs, compile",
               dpo_ours("1b", precompute=True), 200, group="1b_more", baseline="dpo_1b_trl_precomputed", requires=VARLEN_AUTOCAST),
+        Entry("dpo_1b_trl_precomputed", "1.1B dDPO, TRL precompute_ref_log_probs, fp32 + bf16=True, grad ckpt",
+              dpo_trl("1b", precompute=True), 180, group="1b_more"),
         Entry("sft_1b_trl_default", "1.1B dSFT, TRL SFTTrainer packing + padding_free, grad ckpt (its default)",
               sft_trl("1b", checkpointing=True), 180, group="1b_more", requires=VARLEN_AUTOCAST),
         # tier 2: the old set-up for the earlier figures, more baselines, FSDP, more 7B variants
@@ -318,8 +410,6 @@ def entries() -> list[Entry]:
               dpo_ours("1b", old_bf16=True), 200, group="1b_extra", tier=2, baseline="dpo_1b_trl_bf16_old", requires=VARLEN_BF16),
         Entry("dpo_1b_trl_bf16_old", "1.1B dDPO, TRL, bf16 weights + bf16=True (old set-up), grad ckpt",
               dpo_trl("1b", policy_dtype="bfloat16", reference_dtype="bfloat16"), 180, group="1b_extra", tier=2),
-        Entry("dpo_1b_trl_precomputed", "1.1B dDPO, TRL precompute_ref_log_probs, fp32 + bf16=True, grad ckpt",
-              dpo_trl("1b", precompute=True), 180, group="1b_extra", tier=2),
         Entry("dpo_1b_trl_bf16ref", "1.1B dDPO, TRL with ours' set-up: fp32 policy, bf16 reference, grad ckpt",
               dpo_trl("1b", reference_dtype="bfloat16"), 180, group="1b_extra", tier=2),
         Entry("sft_1b_ours_ckpt", "1.1B dSFT, ours with activation checkpointing, compile",
@@ -333,6 +423,10 @@ def entries() -> list[Entry]:
         Entry("dpo_7b_ours_ckpt_eager", "7B-shaped dDPO, ours, live reference, grad ckpt, no compile",
               dpo_ours("7b", checkpointing=True, compile=False), 360, isolate=True, tier=2,
               baseline="dpo_7b_trl_ckpt", requires=VARLEN_AUTOCAST),
+        Entry("dpo_7b_ours_qlora_eager", "7B-shaped dDPO, ours, QLoRA as dpo_7b_ours_qlora without compile (in case "
+              "compiling through bitsandbytes fails)", dpo_ours("7b", lora=True, quantization="4bit", checkpointing=True,
+              compile=False), 480, group="7b_qlora_more", isolate=True, tier=2, needs_cuda=True, baseline="dpo_7b_trl_qlora",
+              requires=VARLEN_AUTOCAST + VARLEN_BF16),
     ]
 
 
@@ -420,7 +514,8 @@ def main() -> None:
     table = entries()
     if args.list:
         for e in table:
-            print(f"tier {e.tier}  {e.name:<30} {e.timeout_s:>4} s  {e.group or '(own process)':<10} {e.what}")
+            where = f"{e.group} (own process)" if e.group and e.isolate else e.group or "(own process)"
+            print(f"tier {e.tier}  {e.name:<30} {e.timeout_s:>4} s  {where:<22} {e.what}")
         return
     if args.child:
         by_name = {e.name: e for e in table}
@@ -440,7 +535,8 @@ def main() -> None:
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "precision": {"ours": "fp32 weights + bf16-mixed (autocast), bf16 frozen reference",
                       "trl": "weights as named per run, bf16=True (autocast)",
-                      "old": "bf16 weights, plain AdamW (the first round's figures)"},
+                      "old": "bf16 weights, plain AdamW (the first round's figures)",
+                      "lora": "frozen bf16 or 4-bit base, fp32 adapters (TRL's QLoRA: bf16), bf16 autocast"},
         "mfu_peak_flops": H100_BF16_PEAK, "entries": {}, "ratios": {},
     })
     t0 = time.monotonic()
