@@ -77,6 +77,33 @@ def test_config_files_repeat_no_default(path):
     assert not repeated, f"{path.name} repeats defaults of {target}: {repeated}"
 
 
+def _leaves(data: dict, prefix: str = ""):
+    for key, value in data.items():
+        if isinstance(value, dict) and value and "_target_" not in value:
+            yield from _leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+@pytest.mark.parametrize("path", sorted((CONF_DIR / "experiment").glob("*.yaml")), ids=lambda p: p.stem)
+def test_experiments_set_only_what_differs_from_their_groups(path, tmp_path):
+    """Each value an experiment sets changes the config its defaults list alone composes (a value that
+    equals it is a second home for that rule: a comment says where it comes from instead)."""
+    data = yaml.safe_load(path.read_text())
+    bare = tmp_path / "conf" / "experiment" / f"bare_{path.name}"
+    bare.parent.mkdir(parents=True)
+    bare.write_text("# @package _global_\n" + yaml.safe_dump({"defaults": data.pop("defaults")}))
+    composed = compose([f"hydra.searchpath=[file://{tmp_path / 'conf'}]", f"+experiment=bare_{path.stem}"], tmp_path)
+    repeated = {}
+    for key, value in _leaves(data):
+        before = OmegaConf.select(composed, key, default="<absent>")
+        if OmegaConf.is_config(before):
+            before = OmegaConf.to_container(before)
+        if before == value:
+            repeated[key] = value
+    assert not repeated, f"{path.name} sets what its groups already give: {repeated}"
+
+
 def test_experiments_override_groups_instead_of_pasting_module_blocks():
     for path in sorted((CONF_DIR / "experiment").glob("zephyr_7b_*.yaml")) + [CONF_DIR / "experiment" / "dpo.yaml",
                                                                                  CONF_DIR / "experiment" / "sft.yaml"]:
