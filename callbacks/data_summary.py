@@ -16,8 +16,8 @@ log = logging.getLogger(__name__)
 
 class DataSummary(L.Callback):
     """Writes ``data_summary.json`` (per split: rows read, used, truncated, dropped, skipped and removed,
-    by reason, and the unreadable lines of local files; per mixture source the same; the cleaning
-    settings; what decontamination read and found), the DataModule's other reports beside it
+    by reason, and the unreadable lines of local files; per mixture source the same; per split, the
+    duplicates ``data.deduplicate`` kept, by kind; the cleaning settings; what decontamination read and found), the DataModule's other reports beside it
     (``decontamination.jsonl``: every training row that matched an evaluation prompt, with the question's
     id), logs the counts to every logger (``data/<split>/<count>``, ``data/<split>/sources/<source>/<count>``)
     at the start of fit, and repeats a one-line summary when training ends, so skipped rows are visible in
@@ -49,6 +49,7 @@ class DataSummary(L.Callback):
             out[f"data/{split}/dropped"] = sum(counts["dropped"].values())
             out[f"data/{split}/skipped_bad"] = sum(counts["skipped_bad"].values())
             out[f"data/{split}/removed"] = sum(counts.get("removed", {}).values())
+            out[f"data/{split}/duplicates_kept"] = sum(counts.get("duplicates_kept", {}).values())
         for source in summary.get("mixture", []):
             name = re.sub(r"[^\w.-]+", "_", str(source["path"])).strip("_")
             for split, counts in source.items():
@@ -67,6 +68,7 @@ class DataSummary(L.Callback):
             details += [f"{n} dropped: {why}" for why, n in c["dropped"].items()]
             details += [f"{n} skipped: {why}" for why, n in c["skipped_bad"].items()]
             details += [f"{n} removed: {why}" for why, n in c.get("removed", {}).items()]
+            details += [f"{n} kept: {kind}" for kind, n in c.get("duplicates_kept", {}).items()]
             parts.append(text + (f" ({'; '.join(details)})" if details else ""))
         return "; ".join(parts)
 

@@ -203,6 +203,68 @@ def test_repeated_prompt_ids_and_exact_duplicate_rows_of_one_file(tmp_path, toke
     assert len(dm.datasets["train"]) == 4
 
 
+def _duplicate_pairs(tmp_path: Path) -> Path:
+    """A preference file with every kind of duplicate: rows 0-3 are distinct; then two exact copies, a second pair
+    for prompt 1 under its own id, prompt 2's id on another prompt, and prompt 0 again in other case and spacing."""
+    from tests.helpers import pref_row
+
+    rows = [pref_row(q, "Here is how.", "No.", prompt_id=f"id{i}") for i, q in enumerate(
+        ["How do I repot a fern?", "How do I fold a paper crane?", "How do I sharpen a kitchen knife?", "Why is the sky blue?"])]
+    rows += [dict(rows[0]), dict(rows[3]),
+             pref_row("How do I fold a paper crane?", "Start with a square.", "Buy one.", prompt_id="id1"),
+             pref_row("How do I boil an egg?", "Simmer it.", "Fry it.", prompt_id="id2"),
+             pref_row("how do i REPOT a fern", "Gently.", "Roughly.", prompt_id="id9")]
+    return write_jsonl(tmp_path / "pairs" / "train.jsonl", rows)
+
+
+def _pairs_module(path: Path, tokenizer, deduplicate: str) -> PreferenceDataModule:
+    dm = PreferenceDataModule(str(path.parent), tokenizer, train_split="train", val_split=None, max_length=256,
+                              max_prompt_length=128, deduplicate=deduplicate, filters=NO_FILTERS)
+    dm.setup("fit")
+    return dm
+
+
+def test_duplicates_that_deduplicate_keeps_are_counted_and_warned_about(tmp_path, tokenizer, caplog):
+    """`off` drops nothing but counts exact duplicate rows and repeated prompt_ids (and prompts) in one warning
+    line and in data_summary.json; `row` drops the duplicate rows and still counts one id on two prompts."""
+    import types
+
+    path = _duplicate_pairs(tmp_path)
+    with caplog.at_level("WARNING", logger="zephyr_lightning"):
+        off = _pairs_module(path, tokenizer, "off")
+    assert len(off.datasets["train"]) == 9 and off.summary()["train"]["removed"] == {}
+    kept = {"duplicate row": 2, "repeated prompt_id": 1, "duplicate prompt_id": 1, "duplicate prompt": 1}
+    assert off.summary()["train"]["duplicates_kept"] == kept
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [f"{path.parent} [train]: 2 duplicate row, 1 repeated prompt_id, 1 duplicate prompt_id, "
+                        "1 duplicate prompt kept (data.deduplicate=off; data.deduplicate=prompt removes them, "
+                        "data.deduplicate=row only the duplicate rows)"]
+    # What the DataSummary callback writes at the start of fit, and the metric and log line it gives.
+    trainer = types.SimpleNamespace(datamodule=off, is_global_zero=True, default_root_dir=str(tmp_path / "run"),
+                                    loggers=[], global_step=0)
+    DataSummary().on_fit_start(trainer, None)
+    written = json.loads((tmp_path / "run" / "data_summary.json").read_text())
+    assert written["train"]["duplicates_kept"] == kept and written["cleaning"]["deduplicate"] == "off"
+    assert DataSummary.metrics(written)["data/train/duplicates_kept"] == 5
+    assert "9 of 9 rows used (2 kept: duplicate row; 1 kept: repeated prompt_id;" in DataSummary.describe(written)
+
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="zephyr_lightning"):
+        row = _pairs_module(path, tokenizer, "row")
+    assert row.summary()["train"]["removed"] == {"duplicate row": 2} and len(row.datasets["train"]) == 7
+    assert row.summary()["train"]["duplicates_kept"] == {"duplicate prompt_id": 1}  # a second pair per prompt is fine
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        f"{path.parent} [train]: 1 duplicate prompt_id kept (data.deduplicate=row; one prompt_id names two prompts: "
+        "fix the ids, or data.deduplicate=prompt keeps the first)"]
+
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="zephyr_lightning"):
+        prompt = _pairs_module(path, tokenizer, "prompt")
+    assert prompt.summary()["train"]["removed"] == {"duplicate row": 2, "duplicate prompt": 2, "duplicate prompt_id": 1}
+    assert prompt.summary()["train"]["duplicates_kept"] == {} and len(prompt.datasets["train"]) == 4
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
 def test_a_file_that_is_both_train_and_test_is_not_emptied(tmp_path, tokenizer, caplog):
     path = write_jsonl(tmp_path / "all.jsonl", _rows(DATA / "chat_a" / "train_sft.jsonl")[:5])
     with caplog.at_level("WARNING", logger="zephyr_lightning"):
@@ -459,6 +521,10 @@ DOCUMENTED = {
     "removed: duplicate row": test_repeated_prompt_ids_and_exact_duplicate_rows_of_one_file,
     "removed: duplicate prompt_id": test_repeated_prompt_ids_and_exact_duplicate_rows_of_one_file,
     "removed: duplicate prompt": test_duplicates_test_overlap_and_filters_are_removed_and_counted_by_source,
+    "kept: duplicate row": test_duplicates_that_deduplicate_keeps_are_counted_and_warned_about,
+    "kept: repeated prompt_id": test_duplicates_that_deduplicate_keeps_are_counted_and_warned_about,
+    "kept: duplicate prompt_id": test_duplicates_that_deduplicate_keeps_are_counted_and_warned_about,
+    "kept: duplicate prompt": test_duplicates_that_deduplicate_keeps_are_counted_and_warned_about,
     "removed: binarize: all scores tie": test_ultrafeedback_completions_are_binarized_the_zephyr_way,
     "refused: bad column mapping": test_a_bad_mapping_is_refused_naming_the_source,
     "refused: unknown schema": test_a_source_in_no_known_schema_is_refused_naming_it_and_its_columns,

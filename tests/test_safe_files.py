@@ -190,12 +190,13 @@ SECRET_OVERRIDES = [f"+judge.api_key={LITERAL}", f"+extra={{api_key: {DICT_KEY},
 PLANTED = (*ENV_SECRETS.values(), LITERAL, DICT_KEY, DICT_PASSWORD)
 
 
-def _run_command(args: list[str], tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
+def _run_command(args: list[str], tmp_path: Path, secret_overrides: list[str] = SECRET_OVERRIDES,
+                 **env: str) -> subprocess.CompletedProcess:
     wandb_dirs = {name: str(tmp_path / name.lower()) for name in ("WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR")}
     full_env = {**os.environ, **ENV_SECRETS, **wandb_dirs, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1",
                 "HF_DATASETS_OFFLINE": "1", **env}
     full_env.pop("HYDRA_FULL_ERROR", None) if "HYDRA_FULL_ERROR" not in env else None
-    return subprocess.run([sys.executable, *args, *SECRET_OVERRIDES], cwd=ROOT, env=full_env, capture_output=True,
+    return subprocess.run([sys.executable, *args, *secret_overrides], cwd=ROOT, env=full_env, capture_output=True,
                           text=True, timeout=600)
 
 
@@ -273,3 +274,86 @@ def test_hydra_full_error_shows_the_chain_and_still_no_secret(tmp_path, empty_da
     assert "zephyr_lightning.data.sources.DataError" in result.stderr and "the file is empty" in result.stderr
     assert f"+judge.api_key={REDACTED}" in result.stderr  # Hydra's "Error executing job with overrides" line
     _assert_no_secret_anywhere(tmp_path, result)
+
+
+def test_no_api_key_reaches_any_file_of_a_multirun(tmp_path):
+    """A Hydra multirun (`-m`): the sweep's `multirun.yaml`, each job's `.hydra/`, result.json and log, the
+    launcher's lines on the console."""
+    from tests.test_train_cli import ONE_STEP
+
+    sweep_dir = tmp_path / "sweep"
+    result = _run_command(["train.py", "-m", "+experiment=sft", f"hydra.sweep.dir={sweep_dir}", "logger=csv", *ONE_STEP,
+                           "seed=1,2"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [json.loads((sweep_dir / job / "result.json").read_text())["status"] for job in ("0", "1")] == ["completed"] * 2
+    _assert_no_secret_anywhere(tmp_path, result)
+    multirun = (sweep_dir / "multirun.yaml").read_text()
+    assert f"+judge.api_key={REDACTED}" in multirun and "seed=1,2" in multirun  # redacted, the rest kept
+    assert f"+judge.api_key={REDACTED}" in (sweep_dir / "1" / ".hydra" / "overrides.yaml").read_text()
+
+
+def _generations(folder: Path) -> Path:
+    from tests.helpers import write_jsonl
+    from tests.test_aif_openai import generation_row
+
+    return write_jsonl(folder / "generations.jsonl", [generation_row("Say hello.", ["Hello!", "Hi there, friend."]),
+                                                      generation_row("Name a colour.", ["Blue.", "Red, like a rose."])])
+
+
+def test_no_api_key_reaches_any_file_of_an_aif_judge_step(tmp_path):
+    """`step=judge` with an OpenAI-compatible judge (a real server on loopback) that reads its key from the
+    environment: the key reaches the server's Authorization header and nothing the step writes."""
+    from tests.fake_openai import FakeOpenAIServer, Reply, chat_reply
+    from tests.test_aif_openai import ratings_for, response_of
+
+    run_dir = tmp_path / "aif"
+    _generations(run_dir)
+    with FakeOpenAIServer(lambda body, seen: Reply(200, chat_reply(json.dumps(
+            {**ratings_for(response_of(body)), "rationale": "fine"})))) as server:
+        result = _run_command(["-m", "zephyr_lightning.aif", "step=judge", "judge=openai", f"judge.base_url={server.url}",
+                               "judge.model=judge-x", "judge.max_retries=0", f"hydra.run.dir={run_dir}",
+                               "progress_bar=false"], tmp_path, secret_overrides=[f"+extra={{api_key: {DICT_KEY}}}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert {r.headers.get("Authorization") for r in server.requests} == {f"Bearer {ENV_SECRETS['OPENAI_API_KEY']}"}
+    assert len(server.requests) == 4 and (run_dir / "judged.jsonl").exists() and (run_dir / "judge_cache.jsonl").exists()
+    _assert_no_secret_anywhere(tmp_path, result)
+
+
+def test_a_key_given_to_the_aif_judge_on_the_command_line_is_refused_without_showing_it(tmp_path):
+    """The mistake of issue 19 (`+judge.api_key=sk-...`): the judge takes no key argument (only the NAME of
+    the variable holding it), so the step stops before any request, saying so, and the key is nowhere."""
+    run_dir = tmp_path / "aif"
+    _generations(run_dir)
+    result = _run_command(["-m", "zephyr_lightning.aif", "step=judge", "judge=openai", "judge.base_url=http://127.0.0.1:9/v1",
+                           f"hydra.run.dir={run_dir}", "progress_bar=false"], tmp_path)
+    assert result.returncode == 1
+    assert f"judge.api_key='{REDACTED}': not an argument of OpenAIJudge (it takes api_key_env," in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (run_dir / "judged.jsonl").exists()
+    _assert_no_secret_anywhere(tmp_path, result)
+
+
+def test_no_api_key_reaches_any_file_of_an_evaluation(tmp_path):
+    """`python -m zephyr_lightning.evaluate` with an OpenAI-compatible judge on loopback that reads its key from
+    the environment, and secrets on the command line: answers, judgments, caches, report, summary, log, .hydra/."""
+    from tests.fake_openai import FakeOpenAIServer
+    from tests.helpers import write_jsonl
+    from tests.test_eval_command import _judge_server
+    from zephyr_lightning.data.questions import load_questions
+
+    questions = load_questions("builtin:eval_questions")[:2]
+    answers = write_jsonl(tmp_path / "answers.jsonl", [{"question_id": q.question_id, "answers": list(q.turns)}
+                                                       for q in questions])
+    run_dir = tmp_path / "eval"
+    with FakeOpenAIServer(_judge_server) as server:
+        result = _run_command(["-m", "zephyr_lightning.evaluate", "~models",
+                               f"+models.a={{_target_: zephyr_lightning.evaluate.AnswerFile, path: {answers}}}",
+                               "evaluation.baseline=null", "questions.limit=2", "safety=null", "report.plots=false",
+                               "evaluation.show_progress=false", "judges=openai", f"judges.gpt4o.base_url={server.url}",
+                               "judges.gpt4o.model=judge", "judges.gpt4o.max_retries=0", f"hydra.run.dir={run_dir}"],
+                              tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert {r.headers.get("Authorization") for r in server.requests} == {f"Bearer {ENV_SECRETS['OPENAI_API_KEY']}"}
+    assert len(server.requests) == 4 and (run_dir / "summary.json").exists() and (run_dir / "report.md").exists()
+    _assert_no_secret_anywhere(tmp_path, result)
+    assert f"+judge.api_key={REDACTED}" in (run_dir / ".hydra" / "overrides.yaml").read_text()

@@ -20,6 +20,7 @@ USER_ERROR_CASES = {
     "hub-model-offline": "test_an_uncached_hub_model_is_refused_offline",
     "reference-path-missing": "test_a_missing_model_path_is_named_by_its_key",
     "aif-model-path-missing": "test_aif_model_paths_are_checked_for_the_steps_that_run",
+    "eval-model-path-missing": "test_eval_model_paths_and_answer_files_are_checked_before_anything_loads",
     "error-display": "tests/test_safe_files.py::test_a_failing_run_tells_a_user_error_in_one_message_and_no_secret",
 }
 
@@ -111,3 +112,46 @@ def test_aif_model_paths_are_checked_for_the_steps_that_run(tmp_path, runs):
         "adapter_config.json); it has ['todo.txt']",
     ]
     check_steps_config(cfg, ["binarize"])  # a step that loads no model does not need them
+
+
+def test_eval_model_paths_and_answer_files_are_checked_before_anything_loads(tmp_path, runs, monkeypatch):
+    from zephyr_lightning.cli.configs import compose as compose_config
+    from zephyr_lightning.cli.configs import conf_dir
+    from zephyr_lightning.cli.evaluate import run
+
+    answers = tmp_path / "answers"
+    answers.mkdir()
+    cfg = compose_config("eval", [
+        "models=zephyr_runs", f"models.dsft.model.name_or_path={runs / 'sft' / 'hff'}",
+        f"models.ddpo.model.name_or_path={runs / 'notes'}",
+        f"+models.gpt4={{_target_: zephyr_lightning.evaluate.AnswerFile, path: {answers / 'gpt-4.jsonl'}}}",
+        f"+models.alpaca={{_target_: zephyr_lightning.evaluate.AnswerFile, path: {answers}, split: eval}}",
+        f"run_dir={tmp_path / 'run'}"], config_dir=conf_dir() / "eval")
+
+    import zephyr_lightning.evaluate.answers as answer_files
+    import zephyr_lightning.models as models
+
+    def must_not_load(*args, **kwargs):
+        raise AssertionError("loaded before the model paths were checked")
+
+    monkeypatch.setattr(models, "load_causal_lm", must_not_load)
+    monkeypatch.setattr(answer_files, "load_split", must_not_load)
+    with pytest.raises(ConfigError) as err:
+        run(cfg)
+    assert err.value.errors == [
+        f"models.dsft.model.name_or_path='{runs / 'sft' / 'hff'}': no such folder; did you mean '{runs / 'sft' / 'hf'}'?",
+        f"models.ddpo.model.name_or_path='{runs / 'notes'}': the folder holds no model (no config.json or "
+        "adapter_config.json); it has ['todo.txt']",
+        f"models.gpt4.path='{answers / 'gpt-4.jsonl'}': data file or folder '{answers / 'gpt-4.jsonl'}' does not exist",
+        f"models.alpaca.path='{answers}': {answers}: no file for split 'eval' (expected eval.jsonl, .json or .parquet); "
+        "found []",
+    ]
+    assert not (tmp_path / "run").exists()
+    # A model given as a path string (LocalGenerator's `model`) is checked under its own key.
+    cfg = compose_config("eval", ["models=zephyr_runs", f"models.dsft.model={runs / 'sft' / 'hff'}",
+                                  f"models.ddpo.model.name_or_path={runs / 'sft' / 'hf'}", f"run_dir={tmp_path / 'run'}"],
+                         config_dir=conf_dir() / "eval")
+    with pytest.raises(ConfigError) as err:
+        run(cfg)
+    assert err.value.errors == [f"models.dsft.model='{runs / 'sft' / 'hff'}': no such folder; did you mean "
+                                f"'{runs / 'sft' / 'hf'}'?"]

@@ -11,9 +11,9 @@ Two kinds of rules:
   (`zephyr_lightning.arguments`), the same declaration its constructor and the sweep checker read;
 - rules across objects or about the run, which belong to no single class and live here: every model
   path names a model (``model.name_or_path``, ``module.reference``, an AIF generator's or judge's model:
-  any `ModelSpec` node, and any argument declared to take one), the data splits exist, the trainer runs
-  at least one step, ``resume`` / ``ckpt_path``, that an optimizer step survives rounding in the dtype
-  the parameters are trained in (`zephyr_lightning.precision`), and that quantized weights (QLoRA) have a
+  any `ModelSpec` node, and any argument declared to take one), an evaluation's answer file exists, the
+  data splits exist, the trainer runs at least one step, ``resume`` / ``ckpt_path``, that an optimizer
+  step survives rounding in the dtype the parameters are trained in (`zephyr_lightning.precision`), and that quantized weights (QLoRA) have a
   CUDA GPU, adapters to train and a strategy that takes them.
 """
 
@@ -194,6 +194,24 @@ def _check_model_sources(checks: _Checks) -> None:
                 _model_source(checks, f"{key}.{name}", node[name])
 
 
+def _check_answer_files(checks: _Checks) -> None:
+    """An evaluation model answering from a file (`AnswerFile`) names one that is there: a local path
+    that is missing is named by its key, before any model loads (a hub name is checked when it loads)."""
+    from zephyr_lightning.evaluate.answers import AnswerFile
+
+    for key, node in target_nodes(checks.cfg, checks.unresolved):
+        try:
+            target = resolve_target(node["_target_"])
+        except ImportError:
+            continue  # reported by the argument checks
+        path, split = node.get("path"), node.get("split", "train")
+        if target is AnswerFile and isinstance(path, str) and isinstance(split, str):
+            try:
+                split_file(path, split)
+            except FileNotFoundError as err:
+                checks.fail(f"{key}.path", path, str(err))
+
+
 def _check_trainer(checks: _Checks) -> None:
     # Lightning declares no ranges for these; a run that cannot take a step would still load everything.
     nothing = "trains nothing (the run would load the model and data, then export an untrained model)"
@@ -323,6 +341,7 @@ def validate_config(cfg: Mapping[str, Any], unresolved: Mapping[str, Any] | None
     checks = _Checks(cfg, unresolved)
     checks.errors.extend(_object_errors(cfg, unresolved))
     _check_model_sources(checks)
+    _check_answer_files(checks)
     _check_data_sources(checks)
     _check_trainer(checks)
     _check_precision(checks)
@@ -331,14 +350,6 @@ def validate_config(cfg: Mapping[str, Any], unresolved: Mapping[str, Any] | None
     for note in checks.notes:
         log.info("config: %s", note)
     return checks.errors
-
-
-def check_objects(cfg: Mapping[str, Any], unresolved: Mapping[str, Any] | None = None) -> None:
-    """Raise `ConfigError` listing every ``_target_`` node of any command's config (plain dicts and lists)
-    whose arguments break its target's declaration, each with its key (the AIF and evaluation commands)."""
-    errors = _object_errors(cfg, unresolved)
-    if errors:
-        raise ConfigError(errors)
 
 
 def check_config(cfg: Mapping[str, Any], unresolved: Mapping[str, Any] | None = None) -> None:

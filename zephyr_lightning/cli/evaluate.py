@@ -27,7 +27,7 @@ from zephyr_lightning.cli.app import hydra_command
 from zephyr_lightning.cli.configs import conf_dir, register_signatures
 from zephyr_lightning.evaluate import EvalResults, log_results, write_report
 from zephyr_lightning.loggers import announce_offline_run, finish_wandb_run
-from zephyr_lightning.validation import check_objects
+from zephyr_lightning.validation import check_config
 
 log = logging.getLogger("zephyr_lightning.evaluate")
 register_signatures()  # before hydra.main composes: eval.yaml takes Evaluation's defaults from its signature
@@ -42,8 +42,9 @@ def _objects(group: DictConfig | None) -> dict[str, Any]:
 
 def run(cfg: DictConfig) -> EvalResults:
     """Run the evaluation a composed config describes; write the report; return the results."""
-    # every bad value at once, each with its key, before a model or data set is loaded
-    check_objects(OmegaConf.to_container(cfg, resolve=True), OmegaConf.to_container(cfg, resolve=False))
+    # every bad value at once, each with its key, before a model or data set is loaded: arguments, and
+    # every model path and answer file (`models.a.model.name_or_path`, `models.b.path`) as the train command checks them
+    check_config(OmegaConf.to_container(cfg, resolve=True), OmegaConf.to_container(cfg, resolve=False))
     questions = instantiate(cfg.questions, _convert_="all")
     source = OmegaConf.select(cfg, "questions.source", default="questions")
     safety = instantiate(cfg.safety, _convert_="all") if cfg.get("safety") else None

@@ -19,7 +19,14 @@ from transformers import PreTrainedTokenizerBase
 
 from zephyr_lightning.arguments import NonNegativeInt, PositiveInt, check_arguments, cross_check
 from zephyr_lightning.chat_format import AddBos, ChatFormat
-from zephyr_lightning.data.cleaning import DEFAULT_FILTERS, CleanedSplit, Deduplicate, Filters, clean_split
+from zephyr_lightning.data.cleaning import (
+    DEFAULT_FILTERS,
+    CleanedSplit,
+    Deduplicate,
+    Filters,
+    clean_split,
+    duplicates_note,
+)
 from zephyr_lightning.data.decontamination import Decontamination, EvalIndex
 from zephyr_lightning.data.mixture import (
     MixedSplit,
@@ -292,6 +299,8 @@ class ChatDataModule(L.LightningDataModule):
             mixed.rows, kind=self.kind, source_names=[s.path for s in self.sources], deduplicate=self.deduplicate,
             filters=self.filters, index=None if test else self.eval_index(), test_prompts=test_prompts, split=stage,
         )
+        if kept := cleaned.duplicates_kept():
+            log.warning("%s [%s]: %s", self.source_label, split, duplicates_note(kept, self.deduplicate))
         return PreparedSplit(mixed, cleaned)
 
     def _tokenized(self, stage: str) -> datasets.Dataset | None:
@@ -399,7 +408,8 @@ class ChatDataModule(L.LightningDataModule):
 
     def summary(self) -> dict[str, Any]:
         """What ``data_summary.json`` holds. Per split (``train``, ``val``): rows, used, truncated, dropped,
-        skipped as bad and removed (each by reason) and the unreadable lines of local files. With a mixture,
+        skipped as bad and removed (each by reason), the unreadable lines of local files and the duplicates
+        that ``deduplicate`` kept (by kind). With a mixture,
         ``mixture`` lists each source with its share and the same counts per split; then ``cleaning`` (the
         deduplication mode and filters) and, with decontamination, what it read and found."""
         out: dict[str, Any] = {}
@@ -410,6 +420,8 @@ class ChatDataModule(L.LightningDataModule):
                 **self._counts(statuses),
                 "unreadable_lines": [str(line) for line in self.unreadable.get(key, [])],
             }
+            if (prepared := self._prepared_splits.get(key)) is not None:
+                out[key]["duplicates_kept"] = prepared.cleaned.duplicates_kept()  # counted, not removed
         if self.mixture:
             out["mixture"] = [
                 {**source.describe(), **{key: self._per_source(key)[position] for key in self.stats}}

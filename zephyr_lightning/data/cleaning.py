@@ -14,6 +14,11 @@ Per split, in this order (a row is counted once, under the first reason that rem
    prompt_id`` (a repeated id with another prompt), ``duplicate prompt`` (the same normalised prompt, in
    the same source or another).
 
+Duplicates a mode keeps are counted, not removed (`CleanedSplit.duplicates`): with ``off``, duplicate rows,
+repeated prompt_ids (``duplicate prompt_id``: with another prompt; ``repeated prompt_id``: with the same
+prompt) and duplicate prompts; with ``row``, a prompt_id repeated with another prompt (several rows per
+prompt are what ``row`` keeps, but one id for two prompts is a fault in the data).
+
 Rows that are malformed (a turn without a role, content that is not text, ...) are left alone: the
 tokenizer reports them by ``data.on_bad_row``, as without any cleaning. So are rows that pass.
 """
@@ -181,15 +186,44 @@ def filter_reason(view: RowView, kind: Kind, filters: Filters, disclaimer: Phras
     return None
 
 
+# The duplicates each mode removes; the others it finds are kept and counted, except repeated prompts under
+# `row`, which keeps several rows per prompt on purpose.
+_REMOVES: dict[str, frozenset[str]] = {
+    "prompt": frozenset({"duplicate row", "duplicate prompt_id", "repeated prompt_id", "duplicate prompt"}),
+    "row": frozenset({"duplicate row"}),
+    "off": frozenset(),
+}
+_EXPECTED: dict[str, frozenset[str]] = {"row": frozenset({"repeated prompt_id", "duplicate prompt"})}
+
+
 @dataclass
 class CleanedSplit:
-    """The rows kept, what was removed (per (source position, ``removed: <reason>``)), the decontamination
-    matches (one record per matching evaluation text) and the normalised prompts kept (of a test split)."""
+    """The rows kept, what was removed (per (source position, ``removed: <reason>``)), the duplicates kept
+    (per (source position, kind); see the module docstring), the decontamination matches (one record per
+    matching evaluation text) and the normalised prompts kept (of a test split)."""
 
     rows: datasets.Dataset
     removed: Counter = field(default_factory=Counter)
     matches: list[dict[str, Any]] = field(default_factory=list)
     prompts: set[str] = field(default_factory=set)
+    duplicates: Counter = field(default_factory=Counter)
+
+    def duplicates_kept(self) -> dict[str, int]:
+        """The duplicates kept, by kind, over all sources."""
+        totals: Counter = Counter()
+        for (_, kind), n in self.duplicates.items():
+            totals[kind] += n
+        return dict(totals.most_common())
+
+
+def duplicates_note(kept: dict[str, int], deduplicate: Deduplicate, key: str = "data.deduplicate") -> str:
+    """The warning about duplicates a mode kept: the counts and the setting that removes them."""
+    counts = ", ".join(f"{n} {kind}" for kind, n in kept.items())
+    if deduplicate == "off":
+        fix = f"{key}=prompt removes them, {key}=row only the duplicate rows"
+    else:
+        fix = f"one prompt_id names two prompts: fix the ids, or {key}=prompt keeps the first"
+    return f"{counts} kept ({key}={deduplicate}; {fix})"
 
 
 def clean_split(
@@ -243,8 +277,8 @@ def clean_split(
             ids[at] = str(given) if given not in (None, "") else None
         position += size
     sources = rows["_source"][:]  # [:]: a list; a lazy column reads one row per index
-    if deduplicate != "off":
-        _deduplicate(rows, deduplicate, reasons, prompts, identities, ids, test_prompts, sources)
+    kept = _deduplicate(rows, deduplicate, reasons, prompts, identities, ids, test_prompts, sources)
+    duplicates = Counter((sources[at], kind) for at, kind in kept)
     removed: Counter = Counter()
     keep: list[int] = []
     for at, reason in enumerate(reasons):
@@ -254,31 +288,39 @@ def clean_split(
             removed[(sources[at], f"removed: {reason}")] += 1
     kept_prompts = {prompts[at] for at in keep if prompts[at] is not None}
     out = rows if len(keep) == n else rows.select(keep)
-    return CleanedSplit(out, removed, matches, kept_prompts)
+    return CleanedSplit(out, removed, matches, kept_prompts, duplicates)
 
 
-def _deduplicate(rows, mode, reasons, prompts, identities, ids, test_prompts, sources) -> None:
+def _deduplicate(rows, mode, reasons, prompts, identities, ids, test_prompts, sources) -> list[tuple[int, str]]:
+    """Set the reason of each duplicate the mode removes; return (row, kind) for each one it keeps and counts."""
     # Decisions in mixture order (source position, then row index), whatever order the split is in.
     indices = rows["_index"][:]
     order = sorted(range(len(rows)), key=lambda at: (sources[at], indices[at]))
+    removes, expected = _REMOVES[mode], _EXPECTED.get(mode, frozenset())
+    kept: list[tuple[int, str]] = []
     seen_rows: set[int] = set()
     seen_prompts: set[str] = set()
     seen_ids: dict[str, str] = {}
     for at in order:
         if reasons[at] is not None or prompts[at] is None:
             continue
-        prompt = prompts[at]
-        if test_prompts and prompt in test_prompts:
+        prompt, given = prompts[at], ids[at]
+        kind = None
+        if mode != "off" and test_prompts and prompt in test_prompts:
             reasons[at] = "prompt in test split"
         elif identities[at] in seen_rows:
-            reasons[at] = "duplicate row"
-        elif mode == "prompt" and ids[at] is not None and seen_ids.get(ids[at], prompt) != prompt:
-            reasons[at] = "duplicate prompt_id"
-        elif mode == "prompt" and prompt in seen_prompts:
-            reasons[at] = "duplicate prompt"
+            kind = "duplicate row"
+        elif given is not None and given in seen_ids:
+            kind = "duplicate prompt_id" if seen_ids[given] != prompt else "repeated prompt_id"
+        elif prompt in seen_prompts:
+            kind = "duplicate prompt"
+        if kind in removes:  # a repeated id with its own prompt is, once removed, a duplicate prompt
+            reasons[at] = "duplicate prompt" if kind == "repeated prompt_id" else kind
+        elif kind is not None and kind not in expected:
+            kept.append((at, kind))
         if reasons[at] is None:
             seen_rows.add(identities[at])
             seen_prompts.add(prompt)
-            if ids[at] is not None:
-                seen_ids.setdefault(ids[at], prompt)
-
+            if given is not None:
+                seen_ids.setdefault(given, prompt)
+    return kept
