@@ -13,7 +13,7 @@ from transformers import PreTrainedTokenizerBase
 
 from zephyr_lightning.arguments import check_arguments, cross_check
 from zephyr_lightning.callbacks._tokenizer import find_tokenizer
-from zephyr_lightning.export import adapter_dir_for, export_adapter_run, export_hf
+from zephyr_lightning.export import PushExport, adapter_dir_for, export_adapter_run, export_hf, pushed_folder
 from zephyr_lightning.hub import HubPushError, HubRepoId, push_folder, push_refusal
 from zephyr_lightning.modelcard import collect_records, render_card, software_versions
 
@@ -107,6 +107,12 @@ class HFExport(L.Callback):
             ``HF_TOKEN``; without one the callback refuses at construction, before anything is loaded. A
             failed push keeps the export and logs the command that retries it; the run itself succeeds.
         hub_model_id: the Hub repository, ``namespace/name``.
+        push_export: which of an adapter (LoRA/QLoRA) run's two folders is pushed: ``"adapter"``
+            (``adapter_dirpath``: what TRL's ``push_to_hub`` and the alignment handbook publish for their
+            QLoRA recipes; megabytes; loads with ``AutoPeftModelForCausalLM``, which fetches the base it names),
+            ``"merged"`` (``dirpath``: a full model that transformers, vLLM or TGI load alone), or ``"auto"``:
+            the adapter when its base is a Hub repository, else the merged model (an adapter whose base is a
+            local folder or ``builtin:`` loads nowhere else). Full fine-tuning pushes ``dirpath`` whatever this says.
         private: create the repository private (applies to a new repository only).
         revision: the branch to push to, created when missing; default ``main``.
         license: the model's license id for the card's metadata (e.g. ``apache-2.0``); default the
@@ -121,6 +127,7 @@ class HFExport(L.Callback):
         adapter_dirpath: str | Path | None = None,
         push_to_hub: bool = False,
         hub_model_id: HubRepoId | None = None,
+        push_export: PushExport = "auto",
         private: bool | None = None,
         revision: str | None = None,
         license: str | None = None,
@@ -133,6 +140,7 @@ class HFExport(L.Callback):
         self.adapter_dirpath = adapter_dir_for(dirpath) if adapter_dirpath is None else Path(adapter_dirpath)
         self.push_to_hub = push_to_hub
         self.hub_model_id = hub_model_id
+        self.push_export = push_export
         self.private = private
         self.revision = revision
         self.license = license
@@ -167,7 +175,13 @@ class HFExport(L.Callback):
         # A collective under FSDP/DeepSpeed: every rank takes part, rank 0 receives the full weights.
         full_state = full_state_dict(trainer)
         if not trainer.is_global_zero:
-            return
+            return  # one process writes the folder and pushes it
+        self.export(trainer, pl_module, full_state)
+        if self.push_to_hub:
+            self.push()
+
+    def export(self, trainer: L.Trainer, pl_module: L.LightningModule, full_state: dict) -> None:
+        """Write the folder(s) from the module's gathered state dict (rank 0)."""
         prefix = "model."
         tokenizer = find_tokenizer(trainer, self.tokenizer)
         adapter_keys = getattr(pl_module, "adapter_keys", None)
@@ -181,13 +195,13 @@ class HFExport(L.Callback):
             state = {k[len(prefix) :]: v for k, v in full_state.items() if k.startswith(prefix)}
             export_hf(pl_module.model, tokenizer, self.dirpath, state_dict=state, card=self.card(trainer, pl_module))
             log.info("Hugging Face export: %s", self.dirpath)
-        if self.push_to_hub:
-            self.push()
 
     def push(self) -> str | None:
-        """Upload the finished export; on failure log why and the retry command, and return None."""
+        """Upload the finished export (`pushed_folder` picks an adapter run's folder); on failure log why and
+        the command that retries it, and return None."""
+        folder = pushed_folder(self.dirpath, self.push_export, self.adapter_dirpath)
         try:
-            return push_folder(self.dirpath, self.hub_model_id, private=self.private, revision=self.revision)
+            return push_folder(folder, self.hub_model_id, private=self.private, revision=self.revision)
         except HubPushError as error:
             log.error("%s", error)
             return None

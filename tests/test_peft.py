@@ -3,6 +3,10 @@ checkpoints, adapter and merged exports, dSFT -> dDPO both ways, QLoRA refused o
 
 from __future__ import annotations
 
+import json
+import shutil
+from types import SimpleNamespace
+
 import lightning as L
 import pytest
 import torch
@@ -10,12 +14,17 @@ from omegaconf import OmegaConf
 from peft import LoraConfig, PeftModel
 from transformers import AutoModelForCausalLM
 
+from tests.fake_hub import FakeHub
 from tests.helpers import compose, pref_row, write_jsonl
+from tests.test_modelcard import TOKEN, assert_token_only_in_authorization_header, card_metadata, folder_files
 from train import train
 from zephyr_lightning import DPOModule, ModelSpec, OptimizerConfig, PreferenceDataModule
 from zephyr_lightning.arguments import ArgumentError
+from zephyr_lightning.callbacks import HFExport
 from zephyr_lightning.export import export_checkpoint
+from zephyr_lightning.export import main as export_main
 from zephyr_lightning.logprobs import pair_logprobs
+from zephyr_lightning.modelcard import is_hub_id
 from zephyr_lightning.models import build_tiny_mistral
 from zephyr_lightning.validation import ConfigError, validate_config
 
@@ -122,6 +131,93 @@ def test_adapter_folder_loads_with_peft_and_merged_export_equals_it(lora_run, tm
     out = export_checkpoint(run_dir / "checkpoints" / "last.ckpt", tmp_path / "export")
     torch.testing.assert_close(_logits(AutoModelForCausalLM.from_pretrained(out)), trained, rtol=0, atol=1e-5)
     assert (tmp_path / "export-adapter" / "adapter_model.safetensors").exists()
+
+    # The two model cards the run wrote: the Hub's metadata, the base, the LoRA settings, the kind of export.
+    merged_card, adapter_card = (run_dir / "hf" / "README.md").read_text(), (run_dir / "hf-adapter" / "README.md").read_text()
+    merged_meta, adapter_meta = card_metadata(merged_card), card_metadata(adapter_card)
+    assert adapter_meta["library_name"] == "peft" and merged_meta["library_name"] == "transformers"
+    assert adapter_meta["tags"] == ["zephyr-lightning", "dpo", "lora", "peft"] and merged_meta["tags"] == ["zephyr-lightning", "dpo", "lora"]
+    # The base is builtin:tiny-mistral, which the Hub cannot resolve: no base_model in the metadata (a Hub id
+    # would be there: test_modelcard.py), and the prose names it; the adapter's own config names it too.
+    assert "base_model" not in merged_meta and "base_model" not in adapter_meta
+    base = module.model_spec.name_or_path
+    for card in (merged_card, adapter_card):
+        assert f"fine-tune of `{base}`" in card.split("## Use it")[0], card[:600]
+        for row in ("| LoRA rank (r) | 16 |", "| LoRA alpha | 16 |", "| LoRA dropout | 0.05 |",
+                    "| LoRA target modules | " + ", ".join(sorted(TARGETS)) + " |"):
+            assert row in card, row
+    assert "the trained LoRA adapter only" in adapter_card and "AutoPeftModelForCausalLM" in adapter_card
+    assert "merged into its weights" in merged_card and "AutoPeftModelForCausalLM" not in merged_card
+
+
+@pytest.fixture
+def fake_hub(monkeypatch):
+    """A loopback Hub (tests/fake_hub.py) with a token in the environment; every file answered "regular"."""
+    import huggingface_hub
+
+    with FakeHub(lfs_suffixes=()) as hub:
+        monkeypatch.setenv("HF_TOKEN", TOKEN)
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+        yield hub
+
+
+def test_only_global_rank_zero_pushes_and_an_adapter_run_pushes_the_folder_chosen(lora_run, fake_hub, monkeypatch):
+    """The callback's end of fit on a fake trainer (rank gate), the export itself already written by the run:
+    a non-zero rank takes part in the gather but writes and pushes nothing; rank 0 pushes. With the built-in
+    base, ``push_export=auto`` pushes the merged model (an adapter of ``builtin:tiny-mistral`` loads nowhere
+    else); ``adapter`` pushes the adapter folder."""
+    _, _, run_dir = lora_run
+    gathered = []
+
+    def trainer(rank_zero: bool):
+        strategy = SimpleNamespace(lightning_module_state_dict=lambda: gathered.append(rank_zero) or {})
+        return SimpleNamespace(is_global_zero=rank_zero, strategy=strategy)
+
+    def end_of_fit(callback: HFExport, rank_zero: bool) -> None:
+        monkeypatch.setattr(callback, "export", lambda *args: None)  # the run wrote run_dir/hf and hf-adapter
+        callback.on_fit_end(trainer(rank_zero), None)
+
+    merged = HFExport(run_dir / "hf", push_to_hub=True, hub_model_id="me/lora")
+    end_of_fit(merged, rank_zero=False)
+    assert gathered == [False] and fake_hub.requests == [] and fake_hub.repos == {}
+    end_of_fit(merged, rank_zero=True)
+    assert fake_hub.files("me/lora") == folder_files(run_dir / "hf")
+    assert "model.safetensors" in fake_hub.files("me/lora")  # auto -> merged: the builtin base is not on the Hub
+
+    adapter = HFExport(run_dir / "hf", push_to_hub=True, hub_model_id="me/lora-adapter", push_export="adapter")
+    end_of_fit(adapter, rank_zero=False)
+    assert "me/lora-adapter" not in fake_hub.repos
+    end_of_fit(adapter, rank_zero=True)
+    assert fake_hub.files("me/lora-adapter") == folder_files(run_dir / "hf-adapter")
+    assert {"adapter_config.json", "adapter_model.safetensors", "README.md"} <= set(fake_hub.files("me/lora-adapter"))
+    assert_token_only_in_authorization_header(fake_hub)
+    with pytest.raises(ArgumentError, match=r"callbacks\.hf_export\.push_export='both': .*'auto', 'adapter', 'merged'"):
+        HFExport(run_dir / "hf", push_export="both")
+
+
+def test_export_command_pushes_an_adapter_run_as_chosen(lora_run, fake_hub, tmp_path):
+    """`python -m zephyr_lightning.export` on an adapter run's exports (copied; the adapter's base rewritten to a
+    Hub id, as a 7B recipe's is): auto pushes the adapter then, as TRL and the handbook do; --push-export
+    merged the merged model; the merged folder named without --push-export is pushed as it is."""
+    _, _, run_dir = lora_run
+    for name in ("hf", "hf-adapter"):
+        shutil.copytree(run_dir / name, tmp_path / "run" / name)
+    config_file = tmp_path / "run" / "hf-adapter" / "adapter_config.json"
+    config = json.loads(config_file.read_text())
+    assert not is_hub_id(config["base_model_name_or_path"])  # the run's own: the built-in model
+    config_file.write_text(json.dumps({**config, "base_model_name_or_path": "HuggingFaceH4/mistral-7b-sft-beta"}))
+    merged, adapter = tmp_path / "run" / "hf", tmp_path / "run" / "hf-adapter"
+
+    export_main([str(merged), "--push-to-hub", "me/auto", "--push-export", "auto"])
+    assert fake_hub.files("me/auto") == folder_files(adapter)
+    export_main([str(merged), "--push-to-hub", "me/merged", "--push-export", "merged"])
+    assert fake_hub.files("me/merged") == folder_files(merged)
+    export_main([str(merged), "--push-to-hub", "me/as-is"])
+    assert fake_hub.files("me/as-is") == folder_files(merged)
+    export_main([str(adapter), "--push-to-hub", "me/adapter-as-is", "--push-export", "merged"])
+    assert fake_hub.files("me/adapter-as-is") == folder_files(adapter)  # an adapter folder named is the adapter
+    assert_token_only_in_authorization_header(fake_hub)
 
 
 def test_lora_dpo_holds_one_base_and_its_reference_is_the_untouched_base(prefs_dir, tokenizer, tmp_path):

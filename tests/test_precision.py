@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 
+import lightning as L
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -15,6 +16,7 @@ from zephyr_lightning.precision import half_spacing, rounded_update_problem, tra
 from zephyr_lightning.validation import ConfigError, validate_config
 
 FULL_RECIPES = {"zephyr_7b_dpo_full": "tiny_prefs", "zephyr_7b_sft_full": "tiny_chat"}
+QLORA_RECIPES = {"zephyr_7b_dpo_qlora": "tiny_prefs", "zephyr_7b_sft_qlora": "tiny_chat"}
 
 
 def test_half_spacing_is_where_bf16_rounding_starts():
@@ -30,16 +32,17 @@ def test_half_spacing_is_where_bf16_rounding_starts():
     assert trainable_dtype("float32", "bf16-mixed") == torch.float32  # autocast / FSDP mixed keep them
 
 
-def _tiny_stage(recipe: str, tmp_path, *extra: str):
+def _tiny_stage(recipe: str, tmp_path, *extra: str, lr: float = 5e-7):
     """The recipe's own precision set-up (model.dtype and trainer.precision, as composed) on the tiny model
     and the shipped data, one device on CPU: FSDP's bf16-mixed over fp32 shards computes as autocast over
-    fp32 weights does on one device. lr 5e-7 (the paper's dDPO lr) with no warmup, so the first step moves."""
+    fp32 weights does on one device. lr 5e-7 (the paper's dDPO lr) unless given, with no warmup, so the first
+    step moves."""
     full = compose([f"+experiment={recipe}"], tmp_path)
     overrides = [
-        f"+experiment={recipe}", f"data={FULL_RECIPES[recipe]}", "model.name_or_path=builtin:tiny-mistral",
+        f"+experiment={recipe}", f"data={(FULL_RECIPES | QLORA_RECIPES)[recipe]}", "model.name_or_path=builtin:tiny-mistral",
         f"model.dtype={full.model.dtype}", f"trainer.precision={full.trainer.precision}", "strategy=auto",
         "trainer.accelerator=cpu", "trainer.devices=1", "trainer.max_steps=1", "trainer.limit_val_batches=0",
-        "trainer.max_epochs=1", "trainer.val_check_interval=null", "optim.lr=5e-7", "optim.warmup_ratio=0",
+        "trainer.max_epochs=1", "trainer.val_check_interval=null", f"optim.lr={lr}", "optim.warmup_ratio=0",
         "data.batch_size=2", "data.num_proc=null", "logger=csv", "~callbacks.sample_generation", "~callbacks.hf_export",
         "callbacks.model_checkpoint.every_n_train_steps=0", "callbacks.update_guard.steps=1", *extra,
     ]
@@ -57,6 +60,39 @@ def test_full_recipes_precision_keeps_updates_at_the_papers_lr(recipe, tmp_path,
         assert validate_config(OmegaConf.to_container(full, resolve=True), OmegaConf.to_container(full, resolve=False)) == []
     metrics = train(cfg)
     assert metrics["train/updated_share"] >= 0.9, metrics["train/updated_share"]
+
+
+@pytest.mark.parametrize("recipe", sorted(QLORA_RECIPES))
+def test_qlora_recipes_precision_keeps_adapter_updates_at_the_recipes_lr(recipe, tmp_path, monkeypatch):
+    """The QLoRA recipes' set-up on the tiny model: a bf16 frozen base (the recipe's model.dtype), the recipe's
+    LoRA adapters, its trainer.precision (bf16-mixed) and its learning rate. ``model.quantization=null``:
+    bitsandbytes' 4-bit layers need CUDA, so the base here is plain bf16, the dtype the NF4 weights are
+    dequantized to for compute. The adapters must be float32 (peft's autocast_adapter_dtype), so a step at the
+    recipe's lr changes >= 90% of the adapter elements that have a gradient. Two steps: at the first only B
+    (initialised to zero) has one, and any dtype moves a zero; the second moves A (|A| ~ 0.06, where bf16
+    would round away an update of 5e-6)."""
+    full = compose([f"+experiment={recipe}"], tmp_path)
+    assert (full.model.dtype, full.model.quantization, full.trainer.precision) == ("bfloat16", "4bit", "bf16-mixed")
+    _, cfg = _tiny_stage(recipe, tmp_path, "model.quantization=null", "trainer.max_steps=2",
+                         "callbacks.update_guard.steps=2", lr=full.optim.lr)
+    assert cfg.trainer.max_steps == 2
+    assert cfg.model.peft.r == full.model.peft.r and cfg.optim.lr == full.optim.lr
+    fitted = {}
+    original = L.Trainer.fit
+
+    def spy(self, module, *args, **kwargs):
+        fitted["module"] = module
+        return original(self, module, *args, **kwargs)
+
+    monkeypatch.setattr(L.Trainer, "fit", spy)
+    train(cfg)
+    model = fitted["module"].model
+    guard = next(c for c in fitted["module"].trainer.callbacks if type(c).__name__ == "UpdateGuard")
+    assert len(guard.shares) == 2 and min(guard.shares) >= 0.9, guard.shares
+    trainable = {name: p.dtype for name, p in model.named_parameters() if p.requires_grad}
+    frozen = {p.dtype for p in model.parameters() if not p.requires_grad}
+    assert trainable and all(".lora_A." in n or ".lora_B." in n for n in trainable), sorted(trainable)[:3]
+    assert set(trainable.values()) == {torch.float32} and frozen == {torch.bfloat16}
 
 
 def test_bf16_weights_at_the_papers_lr_are_refused_then_caught_at_run_time(tmp_path, caplog):

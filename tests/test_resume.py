@@ -131,11 +131,12 @@ def _check_exact_resume(uninterrupted: Path, interrupted: Path, *extra: str) -> 
 
     a, b = _state(uninterrupted), _state(interrupted)
     assert a["global_step"] == b["global_step"] == 12
-    difference = max((a["state_dict"][k] - b["state_dict"][k]).abs().max().item() for k in a["state_dict"])
-    assert difference < 1e-6, difference
-    moments = [(s["exp_avg"], t["exp_avg"]) for s, t in zip(a["optimizer_states"][0]["state"].values(),
-                                                           b["optimizer_states"][0]["state"].values())]
-    assert max((x - y).abs().max().item() for x, y in moments) < 1e-6
+    # Bit-for-bit (measured: a max abs difference of 0.0 for the full and the LoRA run), not merely close.
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    unequal = [k for k in a["state_dict"] if not torch.equal(a["state_dict"][k], b["state_dict"][k])]
+    assert not unequal, unequal[:3]
+    for s, t in zip(a["optimizer_states"][0]["state"].values(), b["optimizer_states"][0]["state"].values(), strict=True):
+        assert torch.equal(s["exp_avg"], t["exp_avg"]) and torch.equal(s["exp_avg_sq"], t["exp_avg_sq"])
     assert a["lr_schedulers"][0]["last_epoch"] == b["lr_schedulers"][0]["last_epoch"] == 12
 
     # The data each step saw: the resumed run's records replace the killed run's for the steps it redid.

@@ -18,13 +18,15 @@ Command line::
     python -m zephyr_lightning.export RUN_DIR --push-to-hub me/zephyr-dpo [--private] [--revision BRANCH]
     python -m zephyr_lightning.export CHECKPOINT.ckpt OUT_DIR      # a Lightning checkpoint -> OUT_DIR
     python -m zephyr_lightning.export EXPORT_DIR --push-to-hub me/zephyr-dpo   # push an export as it is
+    python -m zephyr_lightning.export RUN_DIR --push-to-hub me/zephyr-dpo-lora --push-export adapter
 
 A run folder's model is the newer of its ``hf/`` export and its newest checkpoint (a run that resumed and
 was stopped again has newer weights in its checkpoint). The card is written from the run's records
 (``.hydra/``, ``data_summary.json``, ``result.json``, ``eval/summary.json`` or ``--eval-summary PATH``,
 the checkpoint's hyper-parameters and software versions). ``--push-to-hub`` needs ``HF_TOKEN`` in the
 environment (`zephyr_lightning.hub`); it uploads the folder once it is complete, and a failed push keeps
-the export and prints the command that retries it.
+the export and prints the command that retries it. An adapter run pushes one of its two folders
+(`pushed_folder`): ``--push-export adapter|merged|auto``, by default the HFExport callback's default.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import argparse
 import contextlib
 import copy
 import dataclasses
+import inspect
 import logging
 import os
 import shutil
@@ -40,13 +43,13 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
 from zephyr_lightning import adapters
-from zephyr_lightning.modelcard import CARD_FILE, collect_records, render_card
+from zephyr_lightning.modelcard import CARD_FILE, collect_records, is_hub_id, render_card
 from zephyr_lightning.models import ModelSpec, as_spec, build_tiny_mistral, load_causal_lm, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -128,6 +131,29 @@ def adapter_dir_for(out_dir: str | Path) -> Path:
     """Where an adapter run writes its adapter folder, beside the merged model's: ``hf`` -> ``hf-adapter``."""
     out_dir = Path(out_dir)
     return out_dir.with_name(f"{out_dir.name}-adapter")
+
+
+# Which of an adapter run's two exports a push uploads (`pushed_folder`).
+PushExport = Literal["auto", "adapter", "merged"]
+
+
+def pushed_folder(export_dir: str | Path, push_export: PushExport, adapter_dir: str | Path | None = None) -> Path:
+    """The folder a push of ``export_dir`` uploads. A full fine-tuning export is pushed as it is. For an adapter
+    run (``export_dir`` the merged model, ``adapter_dir`` beside it holding ``adapter_config.json``;
+    default ``<export_dir>-adapter``) ``push_export`` chooses: ``"adapter"``, ``"merged"``, or ``"auto"``:
+    the adapter when the base it names is a Hub repository (what TRL and the alignment handbook push for
+    LoRA/QLoRA runs: megabytes instead of a full model), else the merged model, because an adapter whose
+    base is a local folder or a built-in model loads nowhere but on this machine."""
+    export_dir = Path(export_dir)
+    adapter_dir = adapter_dir_for(export_dir) if adapter_dir is None else Path(adapter_dir)
+    if (export_dir / adapters.ADAPTER_CONFIG).is_file() or not (adapter_dir / adapters.ADAPTER_CONFIG).is_file():
+        return export_dir  # an adapter folder given itself, or a full fine-tuning export
+    if push_export == "auto":
+        base = adapters.adapter_folder_base(str(adapter_dir))
+        push_export = "adapter" if is_hub_id(base) else "merged"
+        log.info("push_export=auto: pushing the %s export (the adapter's base %s %s a Hub repository)", push_export,
+                 base, "is" if push_export == "adapter" else "is not")
+    return adapter_dir if push_export == "adapter" else export_dir
 
 
 def export_adapter_run(
@@ -278,6 +304,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--license", help="the model's license id for the card's metadata (e.g. apache-2.0)")
     parser.add_argument("--push-to-hub", metavar="REPO", help="push the export to this Hub repository "
                         "(namespace/name); needs HF_TOKEN in the environment")
+    parser.add_argument("--push-export", choices=get_args(PushExport), help="which of an adapter run's folders to "
+                        "push: its adapter, its merged model, or auto (the adapter when its base is a Hub repository; "
+                        "the default when this command writes the export). An export folder given as SOURCE is "
+                        "pushed as it is unless this is given")
     parser.add_argument("--private", action="store_true", help="create the repository private (a new one only)")
     parser.add_argument("--revision", help="the branch to push to (created if missing; default main)")
     return parser
@@ -320,7 +350,7 @@ def _export(argv: list[str] | None) -> None:
                              "folder to export it again with a new card")
             if args.eval_summary or args.license:
                 parser.error(f"{source} is pushed as it is: give its run folder to write a new card")
-            _push(source, args)
+            _push(pushed_folder(source, args.push_export) if args.push_export else source, args)
             return
         run_dir, model_source = source.parent if is_run_folder(source.parent) else None, source
     else:
@@ -350,7 +380,13 @@ def _export(argv: list[str] | None) -> None:
             recard_export(adapter_source, adapter_dir_for(out_dir), cards("adapter"))
     print(out_dir)
     if args.push_to_hub:
-        _push(out_dir, args)
+        _push(pushed_folder(out_dir, args.push_export or _default_push_export()), args)
+
+
+def _default_push_export() -> PushExport:
+    from zephyr_lightning.callbacks.hf_export import HFExport
+
+    return inspect.signature(HFExport).parameters["push_export"].default  # the callback's default, one home
 
 
 def _push(folder: Path, args: argparse.Namespace) -> None:

@@ -237,7 +237,7 @@ def render_card(
     base_card = _local_card_metadata(base)
     license = license or _get(cfg, "callbacks.hf_export.license") or base_card.get("license")
     # A local starting model that is a previous stage's export names the Hub repository it was made for.
-    base_repo = base if _is_hub_id(base) else base_card.get("model_name") if _is_hub_id(base_card.get("model_name")) else None
+    base_repo = base if is_hub_id(base) else base_card.get("model_name") if is_hub_id(base_card.get("model_name")) else None
     sources = _data_sources(cfg, records.data_summary)
     peft, quantization = _get(cfg, "model.peft"), _get(cfg, "model.quantization")
     tags = [PROJECT, *(["sft"] if stage == "sft" else ["dpo"] if stage == "dpo" else [])]
@@ -246,7 +246,7 @@ def render_card(
     tags += ["peft"] if kind == "adapter" else []
     metadata = ModelCardData(
         base_model=base_repo,
-        datasets=[s for s in sources if _is_hub_id(s)] or None,
+        datasets=[s for s in sources if is_hub_id(s)] or None,
         license=license,
         library_name="peft" if kind == "adapter" else "transformers",
         pipeline_tag="text-generation",
@@ -297,7 +297,7 @@ def _model_spec(cfg: Mapping[str, Any]) -> dict[str, Any]:
     return {}
 
 
-def _is_hub_id(name: Any) -> bool:
+def is_hub_id(name: Any) -> bool:
     """A Hub repository id (``namespace/name``), not a local path or a built-in source."""
     if not isinstance(name, str) or not _HUB_ID.match(name) or ".." in name or "--" in name or len(name) > 96:
         return False
@@ -367,7 +367,7 @@ def _code(name: Any) -> str:
 
 
 def _model_link(name: str, kind: str = "model") -> str:
-    if not _is_hub_id(name):
+    if not is_hub_id(name):
         return f"`{name}`"
     prefix = "https://huggingface.co/" + ("datasets/" if kind == "dataset" else "")
     return f"[{name}]({prefix}{name})"
