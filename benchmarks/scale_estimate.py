@@ -54,41 +54,18 @@ def hours(stage: Stage, epochs: float, gpus: int, mfu: float, peak: float) -> fl
 
 
 # ------------------------------------------------------------------------------------------------ memory
-
-GiB = 2**30
-
-
-def activations_bytes(tokens: int, checkpointing: bool) -> float:
-    """Activation memory of a Mistral-7B step over ``tokens`` tokens on one device (bf16 compute under
-    autocast, fp32 residual stream, FlashAttention: no [tokens, tokens] tensors).
-
-    Saved per token and decoder layer without checkpointing, in bytes: residual input and output of both
-    norms (fp32, 2 x 4h), the norms' bf16 outputs (2 x 2h), q/k/v and rotary inputs (~5.5h), attention output
-    (2h), FFN gate/up/SiLU/product (4 x 2 x FFN): about 30h + 8 FFN. With full checkpointing only each layer's
-    fp32 input is kept (4h) and one layer is recomputed at a time. Plus the log-prob chunks (3 x 128 MiB).
-    """
-    per_layer = 30 * HIDDEN + 8 * FFN
-    kept = LAYERS * (4 * HIDDEN) + per_layer if checkpointing else LAYERS * per_layer
-    return tokens * kept + 3 * 128 * 2**20
+# Per-device memory is the memory planner's (zephyr_lightning.plan, docs/memory.md): one home for that rule.
 
 
-def memory_gib(gpus: int, tokens_per_device: int, *, reference: bool, checkpointing: bool = True) -> dict[str, float]:
-    """Per-device memory, full-parameter training with fp32 master weights (FSDP full shard over ``gpus``).
+def memory_plan(gpus: int, tokens_per_device: int, *, reference: bool, checkpointing: bool = True):
+    """Full-parameter training of Mistral-7B with fp32 master weights and bf16 compute (issue 13's set-up):
+    one device with autocast, or FSDP full shard over ``gpus``; dDPO's reference in bf16."""
+    from zephyr_lightning.plan import MISTRAL_7B, plan_memory
 
-    Sharded: fp32 weights (4 B/param, the master copy), fp32 gradients (4 B), Adam moments (8 B), a bf16
-    reference (2 B). Gathered: the bf16 units in flight (two decoder layers). On one device without FSDP,
-    autocast keeps bf16 copies of the weights through the forward pass (2 B/param) instead. Gradients exist
-    in the backward pass (and until the optimizer step), the cast copies in the forward pass: the peak is
-    the larger of the two phases.
-    """
-    weights, grads, adam = 4 * PARAMS / gpus, 4 * PARAMS / gpus, 8 * PARAMS / gpus
-    ref = 2 * PARAMS / gpus if reference else 0.0
-    bf16_copies = 2 * PARAMS if gpus == 1 else 2 * 2 * LAYER_PARAMS
-    acts = activations_bytes(tokens_per_device, checkpointing)
-    forward = weights + adam + ref + bf16_copies + acts
-    backward = weights + adam + ref + grads + acts + (0 if gpus == 1 else bf16_copies)
-    return {"weights": weights / GiB, "grads": grads / GiB, "adam": adam / GiB, "reference": ref / GiB,
-            "bf16 copies": bf16_copies / GiB, "activations": acts / GiB, "peak": max(forward, backward) / GiB}
+    return plan_memory(MISTRAL_7B, tokens=tokens_per_device, dtype="float32", precision="bf16-mixed",
+                       strategy="single" if gpus == 1 else "fsdp", devices=gpus,
+                       reference="separate" if reference else "none", reference_dtype="bfloat16",
+                       gradient_checkpointing=checkpointing)
 
 
 def main() -> None:
@@ -115,15 +92,17 @@ def main() -> None:
     for epochs in (1, 3):
         print(f"  {epochs} epoch(s): dSFT {hours(sft, epochs, 16, 0.336, PEAK['A100']):.2f} h, "
               f"dDPO {hours(dpo, epochs, 16, 0.336, PEAK['A100']):.2f} h")
-    print("\nper-device memory (GiB): full parameters, fp32 masters, FSDP full shard (1 GPU: none), activation checkpointing")
+    print("\nper-device memory (GiB, the memory planner's): full parameters, fp32 masters, bf16 compute, FSDP full "
+          "shard (1 GPU: none)")
     cases = {"dSFT, 16 rows x 2048 tokens per device": (16 * 2048, False),
              "dDPO, 8 pairs (~8k tokens) per device": (8 * DPO_TOKENS_PER_PAIR, True),
              "dDPO, 4 pairs (~4.5k tokens), the H200 run": (4500, True)}
     for label, (tokens, reference) in cases.items():
         for gpus in (1, 8, 16):
-            m = memory_gib(gpus, tokens, reference=reference)
-            parts = ", ".join(f"{k} {v:.1f}" for k, v in m.items() if k != "peak")
-            print(f"  {label:<44} {gpus:>2} GPU(s): peak {m['peak']:6.1f}  ({parts})")
+            with_ckpt = memory_plan(gpus, tokens, reference=reference)
+            parts = ", ".join(f"{k} {v / 2**30:.1f}" for k, v in with_ckpt.components.items())
+            print(f"  {label:<44} {gpus:>2} GPU(s): {with_ckpt.total / 2**30:6.1f} with activation checkpointing, "
+                  f"{with_ckpt.total_other / 2**30:6.1f} without  ({parts})")
     if args.gpu_json:
         data = json.loads(args.gpu_json.read_text())
         print("\nmeasured (gpu_round2.py):")
