@@ -57,3 +57,21 @@ def test_the_start_answers_survive_a_checkpoint():
     assert restored.start_answers == ["a", "b"] and restored.validations == 3
     with pytest.raises(ValueError, match="callbacks.judged_eval.num_prompts=0: must be >= 1"):
         JudgedEvaluation(CallableJudge(reference_score), num_prompts=0)
+
+
+def test_every_n_validations_answers_at_every_nth_validation_only(monkeypatch):
+    """Sanity checks do not count; with every_n_validations=2 the policy answers at validations 2 and 4."""
+    from types import SimpleNamespace
+
+    from zephyr_lightning.aif import CallableJudge
+    from zephyr_lightning.callbacks import JudgedEvaluation
+
+    callback = JudgedEvaluation(CallableJudge(reference_score), num_prompts=2, every_n_validations=2)
+    answered = []
+    monkeypatch.setattr(callback, "answer", lambda trainer, module: answered.append(callback.validations))
+    trainer = SimpleNamespace(sanity_checking=True, fast_dev_run=False)
+    callback.on_validation_epoch_end(trainer, None)
+    trainer.sanity_checking = False
+    for _ in range(5):
+        callback.on_validation_epoch_end(trainer, None)
+    assert answered == [2, 4] and callback.validations == 5
