@@ -550,3 +550,17 @@ def test_every_documented_mixture_case_has_a_test():
     assert len(reasons) >= 10, reasons
     cases = {case.split(": ", 1)[1] for case in DOCUMENTED if case.startswith(("removed: ", "kept: "))}
     assert reasons <= cases, sorted(reasons - cases)
+
+
+def test_aif_prompts_count_the_duplicates_they_keep(tmp_path, caplog):
+    """Prompts sharing a prompt_id are always dropped (generation keys rows by it); the same prompt under
+    another id is kept with deduplicate=off, counted in the summary and warned about, and removed with prompt."""
+    path = _duplicate_pairs(tmp_path)
+    with caplog.at_level("WARNING", logger="zephyr_lightning"):
+        off = load_prompt_set(str(path.parent), split="train", deduplicate="off")
+    assert len(off.prompts) == 6 and off.summary["duplicates_kept"] == {"duplicate prompt": 1}
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        f"{path.parent} [train]: 1 duplicate prompt kept (prompts.deduplicate=off; prompts.deduplicate=prompt removes "
+        "them, prompts.deduplicate=row only the duplicate rows)"]
+    deduplicated = load_prompt_set(str(path.parent), split="train", deduplicate="prompt")
+    assert len(deduplicated.prompts) == 5 and deduplicated.summary["duplicates_kept"] == {}

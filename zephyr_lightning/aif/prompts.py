@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from zephyr_lightning.arguments import ArgumentError, PositiveInt, check_arguments
-from zephyr_lightning.data.cleaning import DEFAULT_FILTERS, Deduplicate, Filters, clean_split
+from zephyr_lightning.data.cleaning import DEFAULT_FILTERS, Deduplicate, Filters, clean_split, duplicates_note
 from zephyr_lightning.data.decontamination import Decontamination, EvalIndex
 from zephyr_lightning.data.mixture import MixtureSource, MixtureSpec, load_mixed_split, parse_mixture
 
@@ -79,6 +79,11 @@ def load_prompt_set(
                           filters=Filters.model_validate(filters), index=index)
     removed: Counter = Counter(cleaned.removed)
     removed.update(mixed.statuses)
+    # Rows sharing a prompt_id are dropped below whatever the mode (generation keys its rows by prompt_id): of the
+    # duplicates the mode keeps, only the same prompt under another id reaches generation twice.
+    kept = {kind: n for kind, n in cleaned.duplicates_kept().items() if kind == "duplicate prompt"}
+    if kept:
+        log.warning("%s [%s]: %s", label, split, duplicates_note(kept, deduplicate, key="prompts.deduplicate"))
     prompts: list[Prompt] = []
     seen: set[str] = set()
     for prompt_id, text, position in zip(cleaned.rows["prompt_id"][:], cleaned.rows["prompt"][:], cleaned.rows["_source"][:]):
@@ -92,6 +97,7 @@ def load_prompt_set(
     if not prompts:
         raise ValueError(f"{label} [{split}]: no prompts left ({_reasons(removed)})")
     summary = _summary(sources, mixed, removed, len(prompts), deduplicate, limit)
+    summary["duplicates_kept"] = kept
     if config is not None:
         found: dict[str, set[str]] = {}
         for match in cleaned.matches:
