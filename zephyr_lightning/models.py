@@ -472,7 +472,7 @@ def builtin_folder(spec: ModelSpec) -> Path:
     that read folders only: bitsandbytes quantizes weights while ``from_pretrained`` loads them."""
     key = json.dumps({"name": spec.name_or_path, "seed": spec.seed, "config": spec.config_overrides,
                       "dtype": spec.dtype}, sort_keys=True)
-    target = _cache_root() / "builtin" / hashlib.sha256(key.encode()).hexdigest()[:16]
+    target = cache_root() / "builtin" / hashlib.sha256(key.encode()).hexdigest()[:16]
     if (target / "config.json").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -504,7 +504,9 @@ def compile_decoder_layers(model: PreTrainedModel, backend: str = "inductor") ->
     return model
 
 
-def _cache_root() -> Path:
+def cache_root() -> Path:
+    """Where the project caches what it builds once (built-in model folders, the tokenizer folder, reference
+    log-probs): ``$ZEPHYR_LIGHTNING_CACHE``, else ``$XDG_CACHE_HOME/zephyr_lightning`` (``~/.cache``)."""
     root = os.environ.get("ZEPHYR_LIGHTNING_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "zephyr_lightning"
     )
@@ -518,7 +520,7 @@ def mistral_tokenizer_dir() -> Path:
     half-written folder) and after the first load also holds a `tokenizer.json`, which later loads read
     without sentencepiece.
     """
-    target = _cache_root() / "mistral-7b-v0.1-tokenizer"
+    target = cache_root() / "mistral-7b-v0.1-tokenizer"
     if (target / "tokenizer_config.json").exists():
         return target
     import mistral_common

@@ -25,7 +25,7 @@ from transformers import PreTrainedModel
 
 from zephyr_lightning.atomic import atomic_write
 from zephyr_lightning.logprobs import pair_logprobs
-from zephyr_lightning.models import ModelSpec, _cache_root
+from zephyr_lightning.models import ModelSpec, cache_root
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 
 
 def default_cache_dir() -> Path:
-    return _cache_root() / "reference_logps"
+    return cache_root() / "reference_logps"
 
 
 def _hash_files(paths: Iterable[Path], digest) -> None:
