@@ -287,3 +287,22 @@ def test_a_retrained_model_at_the_same_path_is_not_answered_from_the_old_answers
     weights.write_bytes(weights.read_bytes())  # a new export at the same path
     with pytest.raises(ValueError, match="different settings .*weights"):
         answer_questions(qs, generator, tmp_path / "answers", "m", show_progress=False)
+
+
+def test_questions_in_the_hub_format_of_mt_bench_prompts(tmp_path):
+    """HuggingFaceH4/mt_bench_prompts' columns: ``prompt`` (the turns), an integer ``prompt_id``, ``category``
+    and ``reference`` (a list, empty where MT-Bench has none), read through `datasets` from a local copy."""
+    from zephyr_lightning.evaluate.single import REFERENCE_CATEGORIES, references_for
+
+    path = write_jsonl(tmp_path / "mt_bench" / "train.jsonl", [
+        {"prompt": ["What is 3 + 4?", "And times 2?"], "prompt_id": 111, "category": "math",
+         "reference": ["7", "14"]},
+        {"prompt": ["Write a haiku about rain.", "Now one about snow."], "prompt_id": 81, "category": "writing",
+         "reference": []},
+    ])
+    math, writing = load_questions(str(path.parent))
+    assert (math.question_id, math.turns, math.category, math.reference) == (
+        "111", ("What is 3 + 4?", "And times 2?"), "math", ("7", "14"))
+    assert (writing.question_id, writing.category) == ("81", "writing") and not writing.reference
+    assert references_for(math, 2, REFERENCE_CATEGORIES) == ("7", "14")
+    assert not references_for(writing, 2, REFERENCE_CATEGORIES)
