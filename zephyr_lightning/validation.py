@@ -13,8 +13,8 @@ Two kinds of rules:
   path names a model (``model.name_or_path``, ``module.reference``, an AIF generator's or judge's model:
   any `ModelSpec` node, and any argument declared to take one), an evaluation's answer file exists, the
   data splits exist, the trainer runs at least one step, ``resume`` / ``ckpt_path``, that an optimizer
-  step survives rounding in the dtype the parameters are trained in (`zephyr_lightning.precision`), and that quantized weights (QLoRA) have a
-  CUDA GPU, adapters to train and a strategy that takes them.
+  step survives rounding in the dtype the parameters are trained in (`zephyr_lightning.precision`), and
+  that quantized weights (QLoRA) have a CUDA GPU, adapters to train and a strategy that takes them.
 """
 
 from __future__ import annotations
