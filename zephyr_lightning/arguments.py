@@ -307,6 +307,17 @@ def argument_errors(
     return errors
 
 
+def config_value(cfg: Mapping[str, Any] | None, key: str, default: Any = None) -> Any:
+    """The value at a dotted ``key`` of a plain config (nested mappings, e.g. a run's saved ``config.yaml``),
+    or ``default`` where a part is missing."""
+    node: Any = cfg
+    for part in key.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
 def _value_at(values: Mapping[str, Any], name: str) -> Any:
     """``values[name]``; a dotted name (``peft.r``, from a rule about a nested setting) walks mappings and
     attributes."""

@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+from zephyr_lightning.arguments import config_value
 from zephyr_lightning.secrets import REDACTED, redact, redact_text, secret_env_values
 
 log = logging.getLogger(__name__)
@@ -232,14 +233,14 @@ def render_card(
     cfg = records.config
     stage = _stage(cfg)
     # The run's own export settings (callbacks.hf_export) stand in for what this call leaves unsaid.
-    model_id = model_id or _get(cfg, "callbacks.hf_export.hub_model_id")
+    model_id = model_id or config_value(cfg, "callbacks.hf_export.hub_model_id")
     base = _model_spec(cfg).get("name_or_path")
     base_card = _local_card_metadata(base)
-    license = license or _get(cfg, "callbacks.hf_export.license") or base_card.get("license")
+    license = license or config_value(cfg, "callbacks.hf_export.license") or base_card.get("license")
     # A local starting model that is a previous stage's export names the Hub repository it was made for.
     base_repo = base if is_hub_id(base) else base_card.get("model_name") if is_hub_id(base_card.get("model_name")) else None
     sources = _data_sources(cfg, records.data_summary)
-    peft, quantization = _get(cfg, "model.peft"), _get(cfg, "model.quantization")
+    peft, quantization = config_value(cfg, "model.peft"), config_value(cfg, "model.quantization")
     tags = [PROJECT, *(["sft"] if stage == "sft" else ["dpo"] if stage == "dpo" else [])]
     if peft:
         tags.append("qlora" if quantization else "lora")
@@ -273,23 +274,14 @@ def render_card(
 # ------------------------------------------------------------------------------------------ helpers
 
 
-def _get(cfg: Mapping[str, Any] | None, dotted: str) -> Any:
-    node: Any = cfg
-    for part in dotted.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
 def _stage(cfg: Mapping[str, Any]) -> str | None:
-    target = str(_get(cfg, "module._target_") or "").rsplit(".", 1)[-1]
+    target = str(config_value(cfg, "module._target_") or "").rsplit(".", 1)[-1]
     return {"SFTModule": "sft", "DPOModule": "dpo"}.get(target)
 
 
 def _model_spec(cfg: Mapping[str, Any]) -> dict[str, Any]:
     for key in ("model", "module.policy", "module.model"):
-        spec = _get(cfg, key)
+        spec = config_value(cfg, key)
         if isinstance(spec, Mapping) and spec.get("name_or_path"):
             return dict(spec)
         if isinstance(spec, str) and spec:
@@ -339,7 +331,7 @@ def _data_sources(cfg: Mapping[str, Any], summary: Mapping[str, Any] | None) -> 
             for item in node:
                 walk(item)
 
-    add(_get(cfg, "data.path"))
+    add(config_value(cfg, "data.path"))
     walk(summary or {})
     return found
 
@@ -476,7 +468,7 @@ def _recipe(cfg: Mapping[str, Any], stage: str | None, progress: Mapping[str, fl
         if value not in (None, "", [], {}):
             rows.append((label, value))
 
-    module = _get(cfg, "module") or {}
+    module = config_value(cfg, "module") or {}
     spec = _model_spec(cfg)
     if stage:
         short, long = _STAGES[stage]
@@ -484,7 +476,7 @@ def _recipe(cfg: Mapping[str, Any], stage: str | None, progress: Mapping[str, fl
     add("starting model", spec.get("name_or_path"))
     add("starting model revision", spec.get("revision"))
     if stage == "sft":
-        loss_on = _get(cfg, "data.loss_on")
+        loss_on = config_value(cfg, "data.loss_on")
         add("loss", "mean negative log-likelihood per scored token" + (f", on {loss_on} tokens" if loss_on else ""))
     if stage == "dpo":
         loss = module.get("loss_type")
@@ -503,7 +495,7 @@ def _recipe(cfg: Mapping[str, Any], stage: str | None, progress: Mapping[str, fl
             add("reference model", "the starting model, frozen")
         if module.get("precompute_reference"):
             add("reference log-probabilities", "computed once before training")
-    optim = _get(cfg, "optim") or {}
+    optim = config_value(cfg, "optim") or {}
     if optim:
         add("optimizer", "AdamW" + (f" (betas {_fmt(optim['betas'])}, eps {_fmt(optim.get('eps'))})" if optim.get("betas") else ""))
     add("learning rate", optim.get("lr"))
@@ -514,14 +506,14 @@ def _recipe(cfg: Mapping[str, Any], stage: str | None, progress: Mapping[str, fl
     if optim.get("min_lr_ratio"):
         add("final learning rate (fraction of peak)", optim["min_lr_ratio"])
     add("weight decay", optim.get("weight_decay"))
-    trainer = _get(cfg, "trainer") or {}
+    trainer = config_value(cfg, "trainer") or {}
     epochs, max_steps = trainer.get("max_epochs"), trainer.get("max_steps")
     add("epochs", epochs)
     if isinstance(max_steps, int) and max_steps > 0:
         add("max optimizer steps", max_steps)
     add("optimizer steps run", progress.get("global_step"))
     add("epochs run", progress.get("epochs"))
-    data = _get(cfg, "data") or {}
+    data = config_value(cfg, "data") or {}
     unit = {"dpo": "preference pairs", "sft": "packed rows" if data.get("packing") else "dialogues"}.get(stage, "rows")
     batch = data.get("batch_size")
     add("batch size per device", f"{batch} {unit}" if batch else None)
@@ -544,14 +536,14 @@ def _recipe(cfg: Mapping[str, Any], stage: str | None, progress: Mapping[str, fl
     add("attention", spec.get("attn_implementation"))
     add("gradient clipping (norm)", trainer.get("gradient_clip_val"))
     add("seed", cfg.get("seed") if isinstance(cfg, Mapping) else None)
-    peft = _get(cfg, "model.peft")
+    peft = config_value(cfg, "model.peft")
     if isinstance(peft, Mapping):
         labels = {"r": "LoRA rank (r)", "alpha": "LoRA alpha", "lora_alpha": "LoRA alpha", "dropout": "LoRA dropout",
                   "lora_dropout": "LoRA dropout", "target_modules": "LoRA target modules"}
         for key, value in peft.items():
             if not str(key).startswith("_"):
                 add(labels.get(key, f"LoRA {key}"), value)
-    quantization = _get(cfg, "model.quantization")
+    quantization = config_value(cfg, "model.quantization")
     if isinstance(quantization, Mapping):
         add("quantization", {k: v for k, v in quantization.items() if not str(k).startswith("_")})
     elif quantization:

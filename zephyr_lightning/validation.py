@@ -25,7 +25,7 @@ import typing
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from zephyr_lightning.arguments import argument_errors, declared_types, resolve_target
+from zephyr_lightning.arguments import argument_errors, config_value, declared_types, resolve_target
 from zephyr_lightning.data.sources import split_file
 from zephyr_lightning.errors import InvalidValue
 from zephyr_lightning.models import quantization_problem, trained_spec_problem
@@ -48,12 +48,7 @@ class ConfigError(InvalidValue):
 
 
 def _get(cfg: Mapping[str, Any], key: str) -> Any:
-    node: Any = cfg
-    for part in key.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            return _MISSING
-        node = node[part]
-    return node
+    return config_value(cfg, key, _MISSING)
 
 
 def _is_interpolation(value: Any) -> bool:
