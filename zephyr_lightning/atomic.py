@@ -14,14 +14,15 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
 log = logging.getLogger(__name__)
 
 # `atomic_write`'s staging files: "." + the target's name + "." + mkstemp's random part + ".partial"; and
-# the staging folders of `zephyr_lightning.export.staged_folder`: "." + the folder's name + ".partial-" + random.
+# the staging folders of `zephyr_lightning.export.staged_folder` and `folder_once`: "." + the folder's name +
+# ".partial-" + random.
 _STAGING = re.compile(r"^\.(?P<target>.+)\.[^.]+\.partial$")
 _STAGING_FOLDER = re.compile(r"^\.(?P<target>.+)\.partial-[^.]+$")
 
@@ -99,3 +100,26 @@ def remove_stale_staging(folder: str | os.PathLike, targets: tuple[str, ...] | N
         removed.append(path)
         log.info("removed %s, left by a write that was interrupted", path)
     return removed
+
+
+def folder_once(target: str | os.PathLike, marker: str, build: Callable[[Path], None]) -> Path:
+    """``target``, a cache folder built once: when ``target/marker`` is missing, ``build(staging)`` fills a
+    hidden staging folder beside it, which is then renamed into place. Readers never meet a half-built
+    folder, and builders racing for it (test workers, ranks) are fine: the first rename wins, the others
+    drop their copy."""
+    target = Path(target)
+    if (target / marker).exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    try:
+        build(staging)
+        try:
+            staging.rename(target)
+        except OSError:
+            if not (target / marker).exists():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+

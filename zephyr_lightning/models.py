@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,6 +37,7 @@ from zephyr_lightning.arguments import (
     cross_check,
     value_problem,
 )
+from zephyr_lightning.atomic import folder_once
 
 log = logging.getLogger(__name__)
 
@@ -473,22 +473,13 @@ def builtin_folder(spec: ModelSpec) -> Path:
     key = json.dumps({"name": spec.name_or_path, "seed": spec.seed, "config": spec.config_overrides,
                       "dtype": spec.dtype}, sort_keys=True)
     target = cache_root() / "builtin" / hashlib.sha256(key.encode()).hexdigest()[:16]
-    if (target / "config.json").exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".builtin-", dir=target.parent))
-    try:
+
+    def build(staging: Path) -> None:
         model = build_tiny_mistral(spec.seed, **spec.config_overrides)
         dtype = parse_dtype(spec.dtype)
         (model.to(dtype) if dtype is not None else model).save_pretrained(staging)
-        try:
-            staging.rename(target)
-        except OSError:
-            if not (target / "config.json").exists():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+
+    return folder_once(target, "config.json", build)
 
 
 def compile_decoder_layers(model: PreTrainedModel, backend: str = "inductor") -> PreTrainedModel:
@@ -531,9 +522,8 @@ def mistral_tokenizer_dir() -> Path:
             f"{source} is missing: the installed mistral-common no longer ships the Mistral-7B tokenizer; "
             "pin mistral-common to a release that does or set model.tokenizer_name_or_path"
         )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".tokenizer-", dir=target.parent))
-    try:
+
+    def build(staging: Path) -> None:
         shutil.copy(source, staging / "tokenizer.model")
         config = {
             "tokenizer_class": "LlamaTokenizer",
@@ -549,14 +539,8 @@ def mistral_tokenizer_dir() -> Path:
         (staging / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
         tokenizer = AutoTokenizer.from_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        try:
-            staging.rename(target)
-        except OSError:
-            if not (target / "tokenizer_config.json").exists():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+
+    return folder_once(target, "tokenizer_config.json", build)
 
 
 def load_tokenizer(spec: ModelSpec | str) -> PreTrainedTokenizerBase:
