@@ -31,6 +31,22 @@ def pref_row(prompt: str, chosen: str, rejected: str, prompt_id: str | None = No
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
+def capture_fitted(monkeypatch) -> dict:
+    """Make `Trainer.fit` record the LightningModule it fits: ``captured["module"]`` (the last one), for the
+    rest of the test."""
+    import lightning as L
+
+    captured: dict = {}
+    original = L.Trainer.fit
+
+    def spy(self, model, *args, **kwargs):
+        captured["module"] = model
+        return original(self, model, *args, **kwargs)
+
+    monkeypatch.setattr(L.Trainer, "fit", spy)
+    return captured
+
+
 def compose(overrides: list[str], output_dir: Path):
     """The real configs, composed as `python train.py <overrides>` would, writing under output_dir."""
     from zephyr_lightning.cli.configs import compose as compose_config

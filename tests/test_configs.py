@@ -10,7 +10,7 @@ import torch
 from hydra.utils import instantiate
 from transformers import AutoModelForCausalLM
 
-from tests.helpers import CONF_DIR, compose
+from tests.helpers import CONF_DIR, capture_fitted, compose
 from train import train
 
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
@@ -18,16 +18,7 @@ FAST = ["trainer.fast_dev_run=true", "logger=csv", "callbacks.sample_generation.
 
 
 def test_dpo_experiment_fits_and_export_matches_module(tmp_path, monkeypatch):
-    captured = {}
-    import lightning as L
-
-    original_fit = L.Trainer.fit
-
-    def spy_fit(self, model, *args, **kwargs):
-        captured["module"] = model
-        return original_fit(self, model, *args, **kwargs)
-
-    monkeypatch.setattr(L.Trainer, "fit", spy_fit)
+    captured = capture_fitted(monkeypatch)
     # No warmup: transformers' linear warmup gives lr 0 at the first step, and fast_dev_run takes one.
     cfg = compose(["+experiment=dpo", *FAST, "optim.warmup_ratio=0"], tmp_path)
     metrics = train(cfg)

@@ -15,7 +15,7 @@ from peft import LoraConfig, PeftModel
 from transformers import AutoModelForCausalLM
 
 from tests.fake_hub import FakeHub
-from tests.helpers import compose, pref_row, write_jsonl
+from tests.helpers import capture_fitted, compose, pref_row, write_jsonl
 from tests.test_modelcard import TOKEN, assert_token_only_in_authorization_header, card_metadata, folder_files
 from train import train
 from zephyr_lightning import DPOModule, ModelSpec, OptimizerConfig, PreferenceDataModule
@@ -54,16 +54,10 @@ def _bytes(module: torch.nn.Module) -> int:
 
 def _fit(monkeypatch, overrides, output_dir):
     """train() on the composed config; returns the LightningModule it fitted and the final metrics."""
-    captured = {}
     original = L.Trainer.fit
-
-    def spy(self, model, *args, **kwargs):
-        captured["module"] = model
-        return original(self, model, *args, **kwargs)
-
-    monkeypatch.setattr(L.Trainer, "fit", spy)
+    captured = capture_fitted(monkeypatch)
     metrics = train(compose(overrides, output_dir))
-    monkeypatch.setattr(L.Trainer, "fit", original)
+    monkeypatch.setattr(L.Trainer, "fit", original)  # the next call spies on the real fit, not on this spy
     return captured["module"], metrics
 
 

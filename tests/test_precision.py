@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import logging
 
-import lightning as L
 import pytest
 import torch
 from omegaconf import OmegaConf
 
-from tests.helpers import compose
+from tests.helpers import capture_fitted, compose
 from train import train
 from zephyr_lightning.precision import half_spacing, rounded_update_problem, trainable_dtype
 from zephyr_lightning.validation import ConfigError, validate_config
@@ -77,14 +76,7 @@ def test_qlora_recipes_precision_keeps_adapter_updates_at_the_recipes_lr(recipe,
                          "callbacks.update_guard.steps=2", lr=full.optim.lr)
     assert cfg.trainer.max_steps == 2
     assert cfg.model.peft.r == full.model.peft.r and cfg.optim.lr == full.optim.lr
-    fitted = {}
-    original = L.Trainer.fit
-
-    def spy(self, module, *args, **kwargs):
-        fitted["module"] = module
-        return original(self, module, *args, **kwargs)
-
-    monkeypatch.setattr(L.Trainer, "fit", spy)
+    fitted = capture_fitted(monkeypatch)
     train(cfg)
     model = fitted["module"].model
     guard = next(c for c in fitted["module"].trainer.callbacks if type(c).__name__ == "UpdateGuard")
