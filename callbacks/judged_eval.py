@@ -17,7 +17,7 @@ from transformers import PreTrainedTokenizerBase
 from zephyr_lightning.aif.judges import Judge, JudgeItem
 from zephyr_lightning.arguments import PositiveInt, check_arguments
 from zephyr_lightning.callbacks._tokenizer import find_tokenizer
-from zephyr_lightning.callbacks.sample_generation import _unsharded_root
+from zephyr_lightning.callbacks.sample_generation import _unsharded_root, generate_replies
 from zephyr_lightning.chat_format import ChatFormat
 from zephyr_lightning.data.questions import Question, load_questions
 from zephyr_lightning.evaluate.judging import JudgeSession
@@ -99,15 +99,9 @@ class JudgedEvaluation(L.Callback):
         model = pl_module.model
         was_training = model.training
         model.eval()
-        answers = []
         with _unsharded_root(trainer):
-            for question in self.questions:
-                tokens = chat_format.encode_prompt(tokenizer, [{"role": "user", "content": question.first_turn}])
-                ids = torch.tensor([tokens], device=model.device)
-                out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=self.max_new_tokens,
-                                     do_sample=False, temperature=None, top_p=None, top_k=None,
-                                     pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-                answers.append(tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip())
+            answers = generate_replies(model, tokenizer, [q.first_turn for q in self.questions], chat_format,
+                                       max_new_tokens=self.max_new_tokens)
         model.train(was_training)
         return answers
 

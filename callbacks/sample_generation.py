@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import lightning as L
@@ -37,6 +38,38 @@ def _unsharded_root(trainer: L.Trainer):
     return FullyShardedDataParallel.summon_full_params(trainer.strategy.model, recurse=False, writeback=False)
 
 
+@torch.no_grad()
+def generate_replies(
+    model,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    chat_format: ChatFormat,
+    *,
+    max_new_tokens: int,
+    do_sample: bool = False,
+    temperature: float | None = None,
+) -> list[str]:
+    """The model's reply to each prompt as a one-turn user message, rendered as the training data is
+    (``chat_format``), greedy unless ``do_sample``; special tokens and surrounding space stripped."""
+    outputs = []
+    for prompt in prompts:
+        tokens = chat_format.encode_prompt(tokenizer, [{"role": "user", "content": prompt}])
+        ids = torch.tensor([tokens], device=model.device)
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=max_new_tokens,
+            do_sample=do_sample,
+            temperature=temperature if do_sample else None,
+            top_p=None,
+            top_k=None,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+        outputs.append(tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip())
+    return outputs
+
+
 class SampleGeneration(L.Callback):
     """Greedy (or sampled) completions of fixed prompts after every ``every_n_epochs`` validation.
 
@@ -61,27 +94,11 @@ class SampleGeneration(L.Callback):
         self.every_n_epochs = every_n_epochs
         self.tokenizer = tokenizer
 
-    @torch.no_grad()
     def generate(self, model, tokenizer: PreTrainedTokenizerBase, chat_format: ChatFormat | None = None) -> list[str]:
         """Completions of the prompts, each rendered as the training data is (``chat_format``: BOS, system turn)."""
-        chat_format = chat_format or ChatFormat()
-        outputs = []
-        for prompt in self.prompts:
-            tokens = chat_format.encode_prompt(tokenizer, [{"role": "user", "content": prompt}])
-            ids = torch.tensor([tokens], device=model.device)
-            out = model.generate(
-                input_ids=ids,
-                attention_mask=torch.ones_like(ids),
-                max_new_tokens=self.max_new_tokens,
-                do_sample=self.do_sample,
-                temperature=self.temperature if self.do_sample else None,
-                top_p=None,
-                top_k=None,
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-            )
-            outputs.append(tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip())
-        return outputs
+        return generate_replies(model, tokenizer, self.prompts, chat_format or ChatFormat(),
+                                max_new_tokens=self.max_new_tokens, do_sample=self.do_sample,
+                                temperature=self.temperature)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not self.prompts:
