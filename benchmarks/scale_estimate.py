@@ -16,10 +16,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-# Mistral-7B-v0.1: vocab 32000, hidden 4096, 32 layers, 32 heads / 8 KV heads of 128, FFN 14336, untied head.
-HIDDEN, LAYERS, FFN, VOCAB, KV_DIM = 4096, 32, 14336, 32000, 1024
-LAYER_PARAMS = 2 * HIDDEN * HIDDEN + 2 * HIDDEN * KV_DIM + 3 * HIDDEN * FFN + 2 * HIDDEN
-PARAMS = LAYERS * LAYER_PARAMS + 2 * VOCAB * HIDDEN + HIDDEN  # 7,241,732,096
+from zephyr_lightning.plan import MISTRAL_7B, plan_memory
+
+# Mistral-7B-v0.1 (vocab 32000, hidden 4096, 32 layers, 8 KV heads, FFN 14336, untied head): the planner's shape.
+PARAMS = MISTRAL_7B.parameters  # 7,241,732,096
 
 PEAK = {"H100": 989e12, "A100": 312e12}  # dense bf16 FLOP/s (SXM)
 
@@ -60,8 +60,6 @@ def hours(stage: Stage, epochs: float, gpus: int, mfu: float, peak: float) -> fl
 def memory_plan(gpus: int, tokens_per_device: int, *, reference: bool, checkpointing: bool = True):
     """Full-parameter training of Mistral-7B with fp32 master weights and bf16 compute (issue 13's set-up):
     one device with autocast, or FSDP full shard over ``gpus``; dDPO's reference in bf16."""
-    from zephyr_lightning.plan import MISTRAL_7B, plan_memory
-
     return plan_memory(MISTRAL_7B, tokens=tokens_per_device, dtype="float32", precision="bf16-mixed",
                        strategy="single" if gpus == 1 else "fsdp", devices=gpus,
                        reference="separate" if reference else "none", reference_dtype="bfloat16",
